@@ -1,0 +1,114 @@
+//! jobmesh job-store: the single writer of job state. It owns the PostgreSQL
+//! tables, every state transition (fenced by `(job_id, attempt)`), the outbox that
+//! publishes runnable attempts to JetStream, the lease sweeper, and the job event
+//! stream that watchers follow.
+
+mod config;
+mod db;
+mod error;
+mod events;
+mod grpc;
+mod model;
+mod outbox;
+mod page;
+mod store;
+mod sweeper;
+
+use std::sync::Arc;
+
+use jobmesh_proto::internal::job_store_service_server::JobStoreServiceServer;
+use jobmesh_runtime::grpc::{MAX_MESSAGE_BYTES, incoming};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+pub use db::{SetupError, redact};
+
+/// Why job-store could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Database(#[from] SetupError),
+    #[error("nats at {url}: {message}")]
+    Nats { url: String, message: String },
+    #[error("grpc server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Runs job-store on an already-bound listener until `shutdown` is cancelled, then
+/// stops accepting calls, lets background loops finish their pass, and returns.
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RunError> {
+    let pool = db::connect(&config.database_url, config.database_pool_size).await?;
+    let nats_error = |message: String| RunError::Nats {
+        url: config.nats.url.clone(),
+        message,
+    };
+    let client = config
+        .nats
+        .connect("jobmesh-job-store")
+        .await
+        .map_err(|e| nats_error(e.to_string()))?;
+    let jetstream = async_nats::jetstream::new(client.clone());
+    jobmesh_runtime::nats::ensure_stream(&jetstream, &config.nats)
+        .await
+        .map_err(|e| nats_error(format!("cannot create the work-queue stream: {e}")))?;
+
+    let wakeup = Arc::new(Notify::new());
+    let events = events::Events::new(client.clone(), config.nats.clone());
+    let store = store::Store::new(pool.clone(), events, Arc::clone(&wakeup));
+
+    let tasks = TaskTracker::new();
+    let background = shutdown.child_token();
+    tasks.spawn(
+        outbox::Relay {
+            pool,
+            jetstream,
+            nats: config.nats.clone(),
+            wakeup,
+            poll: config.outbox_poll(),
+        }
+        .run(background.clone()),
+    );
+    tasks.spawn(sweeper::run(
+        store.clone(),
+        config.sweep_interval(),
+        config.cancel_grace(),
+        background.clone(),
+    ));
+    tasks.close();
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<JobStoreServiceServer<grpc::JobStoreGrpc>>()
+        .await;
+    let service = JobStoreServiceServer::new(grpc::JobStoreGrpc {
+        store,
+        shutdown: shutdown.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
+    let address = listener.local_addr().ok();
+    tracing::info!(?address, database = %redact(&config.database_url), nats = %config.nats.url, "job-store serving");
+    let stopping = shutdown.clone();
+    let health_on_stop = health.clone();
+    let result = jobmesh_runtime::grpc::server()
+        .add_service(health_service)
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming(listener), async move {
+            stopping.cancelled().await;
+            health_on_stop
+                .set_not_serving::<JobStoreServiceServer<grpc::JobStoreGrpc>>()
+                .await;
+        })
+        .await;
+    background.cancel();
+    tasks.wait().await;
+    if let Err(error) = client.flush().await {
+        tracing::debug!(%error, "final nats flush failed");
+    }
+    tracing::info!("job-store stopped");
+    result.map_err(RunError::from)
+}

@@ -1,0 +1,67 @@
+//! job-store errors and their gRPC codes.
+
+use uuid::Uuid;
+
+/// Everything that can go wrong in job-store.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    /// No job with this id for this tenant (or at all).
+    #[error("job {job_id} not found")]
+    NotFound { job_id: String },
+    /// A request field is malformed.
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    /// A report or lease for an attempt that is not the job's current running (or
+    /// queued) attempt.
+    #[error("attempt {attempt} of job {job_id} is stale: the job is {state} at attempt {current}")]
+    StaleAttempt {
+        job_id: Uuid,
+        attempt: i32,
+        current: i32,
+        state: &'static str,
+    },
+    /// The job already reached a terminal state.
+    #[error("job {job_id} already {state}")]
+    AlreadyFinished { job_id: Uuid, state: &'static str },
+    /// No PostgreSQL connection could be had.
+    #[error("database unavailable: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// A query failed.
+    #[error("database error: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    /// NATS could not be reached.
+    #[error("nats unavailable: {0}")]
+    Nats(String),
+    /// Stored data that job-store itself cannot read back.
+    #[error("corrupt job row: {0}")]
+    Corrupt(String),
+}
+
+/// Result with job-store's error.
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> Self {
+        let message = error.to_string();
+        match error {
+            Error::NotFound { .. } => tonic::Status::not_found(message),
+            Error::InvalidArgument { .. } => tonic::Status::invalid_argument(message),
+            Error::StaleAttempt { .. } | Error::AlreadyFinished { .. } => {
+                tonic::Status::failed_precondition(message)
+            }
+            Error::Pool(_) | Error::Nats(_) => tonic::Status::unavailable(message),
+            Error::Database(ref db) => {
+                if db.is_closed() || db.as_db_error().is_none() {
+                    tonic::Status::unavailable(message)
+                } else {
+                    tracing::error!(%message, "database query failed");
+                    tonic::Status::internal("job-store database query failed, see job-store logs")
+                }
+            }
+            Error::Corrupt(_) => {
+                tracing::error!(%message, "corrupt job row");
+                tonic::Status::internal(message)
+            }
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! `jobmesh.internal.v1.JobStoreService`: converts requests to domain calls and
+//! results back to proto.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime};
+
+use futures::{Stream, StreamExt as _};
+use jobmesh_proto::internal::job_store_service_server::JobStoreService;
+use jobmesh_proto::internal::{self as pb, JobAttempt};
+use jobmesh_proto::json::struct_to_json;
+use jobmesh_proto::v1;
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::error::Error;
+use crate::model::{Job, NewJob, RetryPolicy, State};
+use crate::store::{ListFilter, Store};
+
+/// Messages buffered per watcher before the watcher is considered slow (it then
+/// skips to the latest state rather than holding memory).
+const WATCH_BUFFER: usize = 64;
+/// A watcher re-reads the job this often when no event arrived, so a lost event
+/// (NATS reconnect) delays it at most this long.
+const WATCH_RESYNC: Duration = Duration::from_secs(2);
+
+pub(crate) struct JobStoreGrpc {
+    pub(crate) store: Store,
+    pub(crate) shutdown: CancellationToken,
+}
+
+fn job_id(field: &'static str, value: &str) -> Result<Uuid, Error> {
+    Uuid::parse_str(value).map_err(|_| Error::InvalidArgument {
+        field,
+        reason: format!("{value:?} is not a job id (a UUID)"),
+    })
+}
+
+fn attempt(value: Option<JobAttempt>) -> Result<(Uuid, i32), Error> {
+    let value = value.ok_or(Error::InvalidArgument {
+        field: "attempt",
+        reason: "missing".to_owned(),
+    })?;
+    Ok((job_id("attempt.job_id", &value.job_id)?, value.attempt))
+}
+
+fn duration(value: Option<prost_types::Duration>) -> Option<Duration> {
+    value.and_then(|d| Duration::try_from(d).ok())
+}
+
+fn job(job: &Job) -> Option<v1::Job> {
+    Some(v1::Job::from(job))
+}
+
+fn retry_policy(p: Option<v1::RetryPolicy>) -> RetryPolicy {
+    let default = RetryPolicy::default();
+    let Some(p) = p else { return default };
+    RetryPolicy {
+        initial_backoff: duration(p.initial_backoff).unwrap_or(default.initial_backoff),
+        max_backoff: duration(p.max_backoff).unwrap_or(default.max_backoff),
+        multiplier: if p.multiplier > 0.0 {
+            p.multiplier
+        } else {
+            default.multiplier
+        },
+        jitter: p.jitter.clamp(0.0, 1.0),
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchJobResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl JobStoreService for JobStoreGrpc {
+    async fn create_job(
+        &self,
+        request: Request<pb::CreateJobRequest>,
+    ) -> Result<Response<pb::CreateJobResponse>, Status> {
+        let r = request.into_inner();
+        let new = NewJob {
+            tenant: r.tenant,
+            task: r.task,
+            args: r.args.as_ref().map(struct_to_json).unwrap_or_default(),
+            idempotency_key: (!r.idempotency_key.is_empty()).then_some(r.idempotency_key),
+            labels: r.labels.into_iter().collect::<BTreeMap<_, _>>(),
+            priority: r.priority,
+            max_attempts: r.max_attempts.max(1),
+            timeout: duration(r.timeout),
+            schedule_time: r.schedule_time.and_then(|t| SystemTime::try_from(t).ok()),
+            retry: retry_policy(r.retry_policy),
+        };
+        let (stored, created) = self.store.create(new).await?;
+        Ok(Response::new(pb::CreateJobResponse {
+            job: job(&stored),
+            created,
+        }))
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::GetJobResponse>, Status> {
+        let r = request.into_inner();
+        let found = self.store.get(&r.tenant, job_id("job_id", &r.job_id)?).await?;
+        Ok(Response::new(pb::GetJobResponse { job: job(&found) }))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let r = request.into_inner();
+        let filter = ListFilter {
+            task: (!r.task.is_empty()).then(|| r.task.clone()),
+            state: State::from_proto(r.state()),
+            labels: r
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect(),
+        };
+        let fingerprint = crate::page::fingerprint(&r.task, r.state, &r.labels);
+        let before = if r.page_token.is_empty() {
+            None
+        } else {
+            Some(crate::page::decode(&r.page_token, fingerprint)?)
+        };
+        let page_size = i64::from(r.page_size.clamp(1, 1000));
+        let mut jobs = self
+            .store
+            .list(&r.tenant, &filter, before, page_size + 1)
+            .await?;
+        let next_page_token = if jobs.len() as i64 > page_size {
+            jobs.truncate(page_size as usize);
+            jobs.last()
+                .map(|last| crate::page::encode(last.id, fingerprint))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs: jobs.iter().map(v1::Job::from).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let r = request.into_inner();
+        let cancelled = self
+            .store
+            .cancel(&r.tenant, job_id("job_id", &r.job_id)?)
+            .await?;
+        Ok(Response::new(pb::CancelJobResponse {
+            job: job(&cancelled),
+        }))
+    }
+
+    type WatchJobStream = WatchStream;
+
+    async fn watch_job(
+        &self,
+        request: Request<pb::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let r = request.into_inner();
+        let id = job_id("job_id", &r.job_id)?;
+        let events = self.store_events();
+        // Subscribe before reading the snapshot: a change committed after the read
+        // is then in the subscription, and versions drop the ones already seen.
+        let subscriber = events
+            .client()
+            .subscribe(events.nats().events_subject(&id.to_string()))
+            .await
+            .map_err(|e| Error::Nats(e.to_string()))?;
+        events
+            .client()
+            .flush()
+            .await
+            .map_err(|e| Error::Nats(e.to_string()))?;
+        let snapshot = self.store.get(&r.tenant, id).await?;
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let store = self.store.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(watch(store, r.tenant, snapshot, subscriber, tx, shutdown));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn lease_job(
+        &self,
+        request: Request<pb::LeaseJobRequest>,
+    ) -> Result<Response<pb::LeaseJobResponse>, Status> {
+        let r = request.into_inner();
+        let (id, number) = attempt(r.attempt)?;
+        let lease = duration(r.lease_duration).unwrap_or(Duration::from_secs(30));
+        let leased = self.store.lease(id, number, &r.worker_id, lease).await?;
+        Ok(Response::new(pb::LeaseJobResponse { job: job(&leased) }))
+    }
+
+    async fn extend_leases(
+        &self,
+        request: Request<pb::ExtendLeasesRequest>,
+    ) -> Result<Response<pb::ExtendLeasesResponse>, Status> {
+        let r = request.into_inner();
+        if r.attempts.len() > 10_000 {
+            return Err(Status::invalid_argument(format!(
+                "attempts: {} entries exceed the limit of 10000",
+                r.attempts.len()
+            )));
+        }
+        let attempts = r
+            .attempts
+            .into_iter()
+            .map(|a| attempt(Some(a)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let lease = duration(r.lease_duration).unwrap_or(Duration::from_secs(30));
+        let check = self.store.extend_leases(&attempts, lease).await?;
+        let to_pb = |v: Vec<(Uuid, i32)>| {
+            v.into_iter()
+                .map(|(id, attempt)| JobAttempt {
+                    job_id: id.to_string(),
+                    attempt,
+                })
+                .collect()
+        };
+        Ok(Response::new(pb::ExtendLeasesResponse {
+            lost: to_pb(check.lost),
+            cancel_requested: to_pb(check.cancel_requested),
+        }))
+    }
+
+    async fn report_progress(
+        &self,
+        request: Request<pb::ReportProgressRequest>,
+    ) -> Result<Response<pb::ReportProgressResponse>, Status> {
+        let r = request.into_inner();
+        let (id, number) = attempt(r.attempt)?;
+        if !(0..=100).contains(&r.percent) {
+            return Err(Error::InvalidArgument {
+                field: "percent",
+                reason: format!("{} is not between 0 and 100", r.percent),
+            }
+            .into());
+        }
+        let updated = self.store.progress(id, number, r.percent, &r.message).await?;
+        Ok(Response::new(pb::ReportProgressResponse {
+            cancel_requested: updated.cancel_requested,
+        }))
+    }
+
+    async fn complete_job(
+        &self,
+        request: Request<pb::CompleteJobRequest>,
+    ) -> Result<Response<pb::CompleteJobResponse>, Status> {
+        let r = request.into_inner();
+        let (id, number) = attempt(r.attempt)?;
+        let result = serde_json::Value::Object(
+            r.result
+                .as_ref()
+                .map(struct_to_json)
+                .unwrap_or_default(),
+        );
+        let done = self.store.complete(id, number, result).await?;
+        Ok(Response::new(pb::CompleteJobResponse { job: job(&done) }))
+    }
+
+    async fn fail_job(
+        &self,
+        request: Request<pb::FailJobRequest>,
+    ) -> Result<Response<pb::FailJobResponse>, Status> {
+        let r = request.into_inner();
+        let (id, number) = attempt(r.attempt)?;
+        let failed = self.store.fail(id, number, &r.message, r.retryable).await?;
+        Ok(Response::new(pb::FailJobResponse { job: job(&failed) }))
+    }
+
+    async fn confirm_cancel(
+        &self,
+        request: Request<pb::ConfirmCancelRequest>,
+    ) -> Result<Response<pb::ConfirmCancelResponse>, Status> {
+        let r = request.into_inner();
+        let (id, number) = attempt(r.attempt)?;
+        let cancelled = self.store.confirm_cancel(id, number).await?;
+        Ok(Response::new(pb::ConfirmCancelResponse {
+            job: job(&cancelled),
+        }))
+    }
+}
+
+impl JobStoreGrpc {
+    fn store_events(&self) -> &crate::events::Events {
+        self.store.events()
+    }
+}
+
+/// Feeds one watcher: the snapshot, then each newer version in order, until the
+/// job is terminal, the watcher leaves or job-store shuts down.
+async fn watch(
+    store: Store,
+    tenant: String,
+    snapshot: Job,
+    mut subscriber: async_nats::Subscriber,
+    tx: mpsc::Sender<Result<pb::WatchJobResponse, Status>>,
+    shutdown: CancellationToken,
+) {
+    let id = snapshot.id;
+    let mut last = snapshot.version;
+    let send = |job: v1::Job| pb::WatchJobResponse { job: Some(job) };
+    let terminal = snapshot.state.is_terminal();
+    if tx.send(Ok(send(v1::Job::from(&snapshot)))).await.is_err() || terminal {
+        return;
+    }
+    loop {
+        let next: Option<v1::Job> = tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = tx.send(Err(Status::unavailable("job-store is shutting down; watch again"))).await;
+                break;
+            }
+            _ = tx.closed() => break,
+            message = subscriber.next() => match message {
+                Some(message) => match v1::Job::decode(message.payload) {
+                    Ok(job) if job.version <= last => None,
+                    Ok(job) if job.version == last + 1 => Some(job),
+                    // A gap: an event was lost or reordered; PostgreSQL has the truth.
+                    Ok(_) | Err(_) => reread(&store, &tenant, id).await,
+                },
+                None => reread(&store, &tenant, id).await,
+            },
+            _ = tokio::time::sleep(WATCH_RESYNC) => reread(&store, &tenant, id).await,
+        };
+        let Some(job) = next else { continue };
+        if job.version <= last {
+            continue;
+        }
+        last = job.version;
+        let terminal = job.state().is_terminal();
+        if tx.send(Ok(send(job))).await.is_err() || terminal {
+            break;
+        }
+    }
+    let _ = subscriber.unsubscribe().await;
+}
+
+async fn reread(store: &Store, tenant: &str, id: Uuid) -> Option<v1::Job> {
+    match store.get(tenant, id).await {
+        Ok(job) => Some(v1::Job::from(&job)),
+        Err(error) => {
+            tracing::debug!(job_id = %id, %error, "watch re-read failed");
+            None
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! Domain types of job-store and their conversions from rows and to proto.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use jobmesh_proto::json::json_to_struct;
+use jobmesh_proto::v1;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+
+/// The states of a job as stored in the `state` column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum State {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl State {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            State::Queued => "queued",
+            State::Running => "running",
+            State::Succeeded => "succeeded",
+            State::Failed => "failed",
+            State::Cancelled => "cancelled",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "queued" => State::Queued,
+            "running" => State::Running,
+            "succeeded" => State::Succeeded,
+            "failed" => State::Failed,
+            "cancelled" => State::Cancelled,
+            other => return Err(Error::Corrupt(format!("unknown state {other:?}"))),
+        })
+    }
+
+    pub(crate) fn is_terminal(self) -> bool {
+        matches!(self, State::Succeeded | State::Failed | State::Cancelled)
+    }
+
+    pub(crate) fn from_proto(state: v1::JobState) -> Option<Self> {
+        match state {
+            v1::JobState::Unspecified => None,
+            v1::JobState::Queued => Some(State::Queued),
+            v1::JobState::Running => Some(State::Running),
+            v1::JobState::Succeeded => Some(State::Succeeded),
+            v1::JobState::Failed => Some(State::Failed),
+            v1::JobState::Cancelled => Some(State::Cancelled),
+        }
+    }
+
+    fn to_proto(self) -> v1::JobState {
+        match self {
+            State::Queued => v1::JobState::Queued,
+            State::Running => v1::JobState::Running,
+            State::Succeeded => v1::JobState::Succeeded,
+            State::Failed => v1::JobState::Failed,
+            State::Cancelled => v1::JobState::Cancelled,
+        }
+    }
+}
+
+/// How failed attempts are retried.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct RetryPolicy {
+    pub(crate) initial_backoff: Duration,
+    pub(crate) max_backoff: Duration,
+    pub(crate) multiplier: f64,
+    pub(crate) jitter: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            multiplier: 2.0,
+            jitter: 0.2,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Delay before the attempt after `failed_attempt` (1-based).
+    pub(crate) fn backoff(&self, failed_attempt: i32) -> Duration {
+        let exponent = (failed_attempt.max(1) - 1).min(64);
+        let base = self.initial_backoff.as_secs_f64() * self.multiplier.powi(exponent);
+        let capped = base.min(self.max_backoff.as_secs_f64());
+        let spread = self.jitter.clamp(0.0, 1.0) * (fastrand::f64() * 2.0 - 1.0);
+        Duration::from_secs_f64((capped * (1.0 + spread)).max(0.0))
+    }
+}
+
+/// A job to create.
+#[derive(Clone, Debug)]
+pub(crate) struct NewJob {
+    pub(crate) tenant: String,
+    pub(crate) task: String,
+    pub(crate) args: serde_json::Map<String, serde_json::Value>,
+    pub(crate) idempotency_key: Option<String>,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) priority: i32,
+    pub(crate) max_attempts: i32,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) schedule_time: Option<SystemTime>,
+    pub(crate) retry: RetryPolicy,
+}
+
+/// The failure recorded on a job.
+#[derive(Clone, Debug)]
+pub(crate) struct Failure {
+    pub(crate) message: String,
+    pub(crate) retryable: bool,
+    pub(crate) attempt: i32,
+}
+
+/// A job as stored.
+#[derive(Clone, Debug)]
+pub(crate) struct Job {
+    pub(crate) id: Uuid,
+    pub(crate) tenant: String,
+    pub(crate) task: String,
+    pub(crate) args: serde_json::Value,
+    pub(crate) state: State,
+    pub(crate) progress_percent: i32,
+    pub(crate) progress_message: String,
+    pub(crate) result: Option<serde_json::Value>,
+    pub(crate) error: Option<Failure>,
+    pub(crate) attempt: i32,
+    pub(crate) max_attempts: i32,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) priority: i32,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) schedule_time: Option<SystemTime>,
+    pub(crate) idempotency_key: Option<String>,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) cancel_requested: bool,
+    pub(crate) worker_id: Option<String>,
+    pub(crate) create_time: SystemTime,
+    pub(crate) start_time: Option<SystemTime>,
+    pub(crate) finish_time: Option<SystemTime>,
+    pub(crate) update_time: SystemTime,
+    pub(crate) version: i64,
+}
+
+/// Columns read into a [`Job`], in one place so every query returns the same shape.
+pub(crate) const JOB_COLUMNS: &str = "id, tenant, task, args, state, progress_percent, \
+    progress_message, result, error_message, error_retryable, error_attempt, attempt, \
+    max_attempts, labels, priority, timeout_ms, schedule_time, idempotency_key, \
+    retry_initial_ms, retry_max_ms, retry_multiplier, retry_jitter, cancel_requested, \
+    worker_id, create_time, start_time, finish_time, update_time, version";
+
+fn millis(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+impl TryFrom<&Row> for Job {
+    type Error = Error;
+
+    fn try_from(row: &Row) -> Result<Self> {
+        let labels: serde_json::Value = row.try_get("labels")?;
+        let labels = labels
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let error = match row.try_get::<_, Option<String>>("error_message")? {
+            Some(message) => Some(Failure {
+                message,
+                retryable: row
+                    .try_get::<_, Option<bool>>("error_retryable")?
+                    .unwrap_or(false),
+                attempt: row.try_get::<_, Option<i32>>("error_attempt")?.unwrap_or(0),
+            }),
+            None => None,
+        };
+        Ok(Job {
+            id: row.try_get("id")?,
+            tenant: row.try_get("tenant")?,
+            task: row.try_get("task")?,
+            args: row.try_get("args")?,
+            state: State::parse(row.try_get("state")?)?,
+            progress_percent: row.try_get("progress_percent")?,
+            progress_message: row.try_get("progress_message")?,
+            result: row.try_get("result")?,
+            error,
+            attempt: row.try_get("attempt")?,
+            max_attempts: row.try_get("max_attempts")?,
+            labels,
+            priority: row.try_get("priority")?,
+            timeout: row.try_get::<_, Option<i64>>("timeout_ms")?.map(millis),
+            schedule_time: row.try_get("schedule_time")?,
+            idempotency_key: row.try_get("idempotency_key")?,
+            retry: RetryPolicy {
+                initial_backoff: millis(row.try_get("retry_initial_ms")?),
+                max_backoff: millis(row.try_get("retry_max_ms")?),
+                multiplier: row.try_get("retry_multiplier")?,
+                jitter: row.try_get("retry_jitter")?,
+            },
+            cancel_requested: row.try_get("cancel_requested")?,
+            worker_id: row.try_get("worker_id")?,
+            create_time: row.try_get("create_time")?,
+            start_time: row.try_get("start_time")?,
+            finish_time: row.try_get("finish_time")?,
+            update_time: row.try_get("update_time")?,
+            version: row.try_get("version")?,
+        })
+    }
+}
+
+fn duration_to_proto(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn object(value: &serde_json::Value) -> prost_types::Struct {
+    match value {
+        serde_json::Value::Object(map) => json_to_struct(map),
+        _ => prost_types::Struct::default(),
+    }
+}
+
+impl From<&Job> for v1::Job {
+    fn from(job: &Job) -> Self {
+        v1::Job {
+            id: job.id.to_string(),
+            task: job.task.clone(),
+            args: Some(object(&job.args)),
+            state: job.state.to_proto() as i32,
+            progress: Some(v1::Progress {
+                percent: job.progress_percent,
+                message: job.progress_message.clone(),
+            }),
+            result: job.result.as_ref().map(object),
+            error: job.error.as_ref().map(|e| v1::JobError {
+                message: e.message.clone(),
+                retryable: e.retryable,
+                attempt: e.attempt,
+            }),
+            attempt: job.attempt,
+            max_attempts: job.max_attempts,
+            labels: job
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            cancel_requested: job.cancel_requested,
+            create_time: Some(job.create_time.into()),
+            start_time: job.start_time.map(Into::into),
+            finish_time: job.finish_time.map(Into::into),
+            version: job.version,
+            priority: job.priority,
+            timeout: job.timeout.map(duration_to_proto),
+            schedule_time: job.schedule_time.map(Into::into),
+            idempotency_key: job.idempotency_key.clone().unwrap_or_default(),
+            update_time: Some(job.update_time.into()),
+            retry_policy: Some(v1::RetryPolicy {
+                initial_backoff: Some(duration_to_proto(job.retry.initial_backoff)),
+                max_backoff: Some(duration_to_proto(job.retry.max_backoff)),
+                multiplier: job.retry.multiplier,
+                jitter: job.retry.jitter,
+            }),
+            worker_id: job.worker_id.clone().unwrap_or_default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let policy = RetryPolicy {
+            jitter: 0.0,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(policy.backoff(1), Duration::from_secs(1));
+        assert_eq!(policy.backoff(2), Duration::from_secs(2));
+        assert_eq!(policy.backoff(4), Duration::from_secs(8));
+        assert_eq!(policy.backoff(30), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn jitter_stays_within_its_fraction() {
+        let policy = RetryPolicy::default();
+        for _ in 0..1000 {
+            let d = policy.backoff(2).as_secs_f64();
+            assert!((1.6..=2.4).contains(&d), "{d}");
+        }
+    }
+}

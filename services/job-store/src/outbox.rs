@@ -1,0 +1,117 @@
+//! The outbox relay: publishes committed runnable attempts to JetStream and deletes
+//! their rows once JetStream acknowledged them. Rows are claimed with
+//! `FOR UPDATE SKIP LOCKED`, so several job-store replicas share the work, and a
+//! crash at any point leaves the row for the next pass. `Nats-Msg-Id`
+//! (`<job_id>:<attempt>`) makes a publish repeated after such a crash a no-op.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use deadpool_postgres::Pool;
+use jobmesh_proto::internal::{JobAttempt, QueuedAttempt};
+use jobmesh_runtime::NatsConfig;
+use prost::Message as _;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Rows claimed per pass; bounds memory and the time a claim is held.
+pub(crate) const BATCH: i64 = 512;
+/// How long to wait for JetStream to acknowledge a batch before giving up on it
+/// (the rows stay and are retried).
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(crate) struct Relay {
+    pub(crate) pool: Pool,
+    pub(crate) jetstream: jetstream::Context,
+    pub(crate) nats: NatsConfig,
+    pub(crate) wakeup: Arc<Notify>,
+    pub(crate) poll: Duration,
+}
+
+impl Relay {
+    /// Runs until `shutdown`, then finishes the pass in progress.
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
+        loop {
+            loop {
+                match self.pass().await {
+                    Ok(n) if n as i64 >= BATCH => continue,
+                    Ok(_) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, "outbox pass failed, retrying");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.wakeup.notified() => {}
+                _ = tokio::time::sleep(self.poll) => {}
+            }
+        }
+    }
+
+    /// Publishes one batch of due rows. Returns how many were published.
+    async fn pass(&self) -> Result<usize, String> {
+        let mut client = self.pool.get().await.map_err(|e| e.to_string())?;
+        let tx = client.transaction().await.map_err(|e| e.to_string())?;
+        let rows = tx
+            .query(
+                "SELECT id, job_id, attempt, task FROM outbox
+                 WHERE available_at <= now() ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                &[&BATCH],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        // Publish the whole batch first, then await the acks: one round trip per
+        // batch, not per row.
+        let mut pending = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let (outbox_id, job_id, attempt, task): (i64, Uuid, i32, String) = (
+                row.get(0),
+                row.get(1),
+                row.get(2),
+                row.get(3),
+            );
+            let payload = QueuedAttempt {
+                attempt: Some(JobAttempt {
+                    job_id: job_id.to_string(),
+                    attempt,
+                }),
+                task: task.clone(),
+            }
+            .encode_to_vec();
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(payload.into())
+                .message_id(format!("{job_id}:{attempt}"));
+            match self
+                .jetstream
+                .send_publish(self.nats.job_subject(&task), publish)
+                .await
+            {
+                Ok(ack) => pending.push((outbox_id, ack)),
+                Err(error) => {
+                    tracing::warn!(%job_id, attempt, %error, "publish to JetStream failed");
+                    break;
+                }
+            }
+        }
+        let mut published = Vec::with_capacity(pending.len());
+        for (outbox_id, ack) in pending {
+            match tokio::time::timeout(ACK_TIMEOUT, ack).await {
+                Ok(Ok(_)) => published.push(outbox_id),
+                Ok(Err(error)) => tracing::warn!(outbox_id, %error, "JetStream refused an attempt"),
+                Err(_) => tracing::warn!(outbox_id, "JetStream ack timed out"),
+            }
+        }
+        tx.execute("DELETE FROM outbox WHERE id = ANY($1)", &[&published])
+            .await
+            .map_err(|e| e.to_string())?;
+        tx.commit().await.map_err(|e| e.to_string())?;
+        Ok(published.len())
+    }
+}

@@ -1,0 +1,477 @@
+//! Every state transition of a job. Each one is a single statement or a short
+//! transaction, fenced by `(job_id, attempt)` where a worker's report is involved,
+//! followed (after commit) by an event for watchers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::sync::Notify;
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::events::Events;
+use crate::model::{JOB_COLUMNS, Job, NewJob, State};
+
+/// Filters of a job listing.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ListFilter {
+    pub(crate) task: Option<String>,
+    pub(crate) state: Option<State>,
+    pub(crate) labels: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What ExtendLeases found.
+#[derive(Debug, Default)]
+pub(crate) struct LeaseCheck {
+    /// Attempts no longer running under their lease.
+    pub(crate) lost: Vec<(Uuid, i32)>,
+    /// Attempts whose job has a pending cancellation request.
+    pub(crate) cancel_requested: Vec<(Uuid, i32)>,
+}
+
+/// The job state machine over PostgreSQL.
+#[derive(Clone)]
+pub(crate) struct Store {
+    pool: Pool,
+    events: Events,
+    outbox_wakeup: Arc<Notify>,
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn one(rows: &[tokio_postgres::Row]) -> Result<Option<Job>> {
+    rows.first().map(Job::try_from).transpose()
+}
+
+impl Store {
+    pub(crate) fn new(pool: Pool, events: Events, outbox_wakeup: Arc<Notify>) -> Self {
+        Self {
+            pool,
+            events,
+            outbox_wakeup,
+        }
+    }
+
+    pub(crate) fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// Stores a job and its first attempt's outbox row in one statement. Returns the
+    /// existing job (and `false`) when the idempotency key was used before.
+    pub(crate) async fn create(&self, new: NewJob) -> Result<(Job, bool)> {
+        let client = self.pool.get().await?;
+        let id = Uuid::now_v7();
+        let labels = serde_json::Value::Object(
+            new.labels
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect(),
+        );
+        let args = serde_json::Value::Object(new.args);
+        let timeout_ms = new.timeout.map(ms);
+        let sql = format!(
+            "WITH j AS (
+                INSERT INTO jobs (id, tenant, task, args, state, max_attempts, labels, priority,
+                    timeout_ms, schedule_time, idempotency_key, retry_initial_ms, retry_max_ms,
+                    retry_multiplier, retry_jitter)
+                VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+                RETURNING {JOB_COLUMNS}),
+            o AS (
+                INSERT INTO outbox (job_id, attempt, task, available_at)
+                SELECT id, 1, task, greatest(coalesce(schedule_time, now()), now()) FROM j)
+            SELECT {JOB_COLUMNS} FROM j"
+        );
+        let rows = client
+            .query(
+                &sql,
+                &[
+                    &id,
+                    &new.tenant,
+                    &new.task,
+                    &args,
+                    &new.max_attempts,
+                    &labels,
+                    &new.priority,
+                    &timeout_ms,
+                    &new.schedule_time,
+                    &new.idempotency_key,
+                    &ms(new.retry.initial_backoff),
+                    &ms(new.retry.max_backoff),
+                    &new.retry.multiplier,
+                    &new.retry.jitter,
+                ],
+            )
+            .await?;
+        if let Some(job) = one(&rows)? {
+            self.outbox_wakeup.notify_one();
+            tracing::debug!(job_id = %job.id, tenant = %job.tenant, task = %job.task, "job created");
+            return Ok((job, true));
+        }
+        // The key was taken: return the job that holds it.
+        let sql =
+            format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = $1 AND idempotency_key = $2");
+        let rows = client
+            .query(&sql, &[&new.tenant, &new.idempotency_key])
+            .await?;
+        let job = one(&rows)?.ok_or_else(|| {
+            Error::Corrupt("idempotency key conflict without a holder".to_owned())
+        })?;
+        Ok((job, false))
+    }
+
+    /// One job of a tenant.
+    pub(crate) async fn get(&self, tenant: &str, id: Uuid) -> Result<Job> {
+        let client = self.pool.get().await?;
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND tenant = $2");
+        let rows = client.query(&sql, &[&id, &tenant]).await?;
+        one(&rows)?.ok_or_else(|| Error::NotFound {
+            job_id: id.to_string(),
+        })
+    }
+
+    /// Up to `limit` jobs of a tenant older than `before`, newest first.
+    pub(crate) async fn list(
+        &self,
+        tenant: &str,
+        filter: &ListFilter,
+        before: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<Job>> {
+        let client = self.pool.get().await?;
+        let labels = serde_json::Value::Object(filter.labels.clone());
+        let state = filter.state.map(State::as_str);
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&tenant];
+        let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = $1");
+        if let Some(task) = &filter.task {
+            params.push(task);
+            sql.push_str(&format!(" AND task = ${}", params.len()));
+        }
+        if let Some(state) = &state {
+            params.push(state);
+            sql.push_str(&format!(" AND state = ${}", params.len()));
+        }
+        if !filter.labels.is_empty() {
+            params.push(&labels);
+            sql.push_str(&format!(" AND labels @> ${}", params.len()));
+        }
+        if let Some(before) = &before {
+            params.push(before);
+            sql.push_str(&format!(" AND id < ${}", params.len()));
+        }
+        params.push(&limit);
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", params.len()));
+        let rows = client.query(&sql, &params).await?;
+        rows.iter().map(Job::try_from).collect()
+    }
+
+    /// Cancels a tenant's job: a queued job ends CANCELLED at once (its outbox row
+    /// goes with it); a running job gets a cancellation request that its dispatcher
+    /// forwards to the worker.
+    pub(crate) async fn cancel(&self, tenant: &str, id: Uuid) -> Result<Job> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let sql =
+            format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND tenant = $2 FOR UPDATE");
+        let rows = tx.query(&sql, &[&id, &tenant]).await?;
+        let job = one(&rows)?.ok_or_else(|| Error::NotFound {
+            job_id: id.to_string(),
+        })?;
+        let updated = match job.state {
+            State::Cancelled => return Ok(job),
+            State::Succeeded | State::Failed => {
+                return Err(Error::AlreadyFinished {
+                    job_id: id,
+                    state: job.state.as_str(),
+                });
+            }
+            State::Running if job.cancel_requested => return Ok(job),
+            State::Queued => {
+                tx.execute("DELETE FROM outbox WHERE job_id = $1", &[&id])
+                    .await?;
+                let sql = format!(
+                    "UPDATE jobs SET state = 'cancelled', finish_time = now(), update_time = now(),
+                        error_message = 'cancelled by request', error_retryable = false,
+                        error_attempt = attempt, version = version + 1
+                     WHERE id = $1 RETURNING {JOB_COLUMNS}"
+                );
+                tx.query(&sql, &[&id]).await?
+            }
+            State::Running => {
+                let sql = format!(
+                    "UPDATE jobs SET cancel_requested = true, cancel_request_time = now(),
+                        update_time = now(), version = version + 1
+                     WHERE id = $1 RETURNING {JOB_COLUMNS}"
+                );
+                tx.query(&sql, &[&id]).await?
+            }
+        };
+        tx.commit().await?;
+        let job = one(&updated)?.ok_or_else(|| Error::NotFound {
+            job_id: id.to_string(),
+        })?;
+        if job.state == State::Running {
+            self.events.publish_cancel(job.id, job.attempt).await;
+        }
+        self.events.publish(&job).await;
+        Ok(job)
+    }
+
+    /// Leases a queued attempt to a worker.
+    pub(crate) async fn lease(&self, id: Uuid, attempt: i32, worker_id: &str, lease: Duration) -> Result<Job> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "UPDATE jobs SET state = 'running', worker_id = $3, lease_ms = $4,
+                lease_expires_at = now() + $4 * interval '1 millisecond',
+                start_time = coalesce(start_time, now()), progress_percent = 0,
+                progress_message = '', update_time = now(), version = version + 1
+             WHERE id = $1 AND attempt = $2 AND state = 'queued'
+             RETURNING {JOB_COLUMNS}"
+        );
+        let rows = client
+            .query(&sql, &[&id, &attempt, &worker_id, &ms(lease)])
+            .await?;
+        match one(&rows)? {
+            Some(job) => {
+                tracing::debug!(job_id = %id, attempt, worker_id, "job leased");
+                self.events.publish(&job).await;
+                Ok(job)
+            }
+            None => Err(self.explain_fence(id, attempt, State::Queued).await?),
+        }
+    }
+
+    /// Extends the leases of running attempts; reports the ones that are no longer
+    /// running and the ones with a pending cancellation.
+    pub(crate) async fn extend_leases(&self, attempts: &[(Uuid, i32)], lease: Duration) -> Result<LeaseCheck> {
+        if attempts.is_empty() {
+            return Ok(LeaseCheck::default());
+        }
+        let client = self.pool.get().await?;
+        let ids: Vec<Uuid> = attempts.iter().map(|(id, _)| *id).collect();
+        let numbers: Vec<i32> = attempts.iter().map(|(_, a)| *a).collect();
+        let rows = client
+            .query(
+                "UPDATE jobs j SET lease_expires_at = now() + $3 * interval '1 millisecond'
+                 FROM unnest($1::uuid[], $2::integer[]) AS i(id, attempt)
+                 WHERE j.id = i.id AND j.attempt = i.attempt AND j.state = 'running'
+                 RETURNING j.id, j.attempt, j.cancel_requested",
+                &[&ids, &numbers, &ms(lease)],
+            )
+            .await?;
+        let mut check = LeaseCheck::default();
+        let mut held = std::collections::HashSet::with_capacity(rows.len());
+        for row in &rows {
+            let key: (Uuid, i32) = (row.try_get(0)?, row.try_get(1)?);
+            if row.try_get::<_, bool>(2)? {
+                check.cancel_requested.push(key);
+            }
+            held.insert(key);
+        }
+        check.lost = attempts
+            .iter()
+            .filter(|a| !held.contains(a))
+            .copied()
+            .collect();
+        Ok(check)
+    }
+
+    /// Records progress of a running attempt (which also extends its lease).
+    pub(crate) async fn progress(&self, id: Uuid, attempt: i32, percent: i32, message: &str) -> Result<Job> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "UPDATE jobs SET progress_percent = $3, progress_message = $4,
+                lease_expires_at = now() + lease_ms * interval '1 millisecond',
+                update_time = now(), version = version + 1
+             WHERE id = $1 AND attempt = $2 AND state = 'running'
+             RETURNING {JOB_COLUMNS}"
+        );
+        let rows = client
+            .query(&sql, &[&id, &attempt, &percent, &message])
+            .await?;
+        match one(&rows)? {
+            Some(job) => {
+                self.events.publish(&job).await;
+                Ok(job)
+            }
+            None => Err(self.explain_fence(id, attempt, State::Running).await?),
+        }
+    }
+
+    /// Records the result of a running attempt: the job SUCCEEDED.
+    pub(crate) async fn complete(&self, id: Uuid, attempt: i32, result: serde_json::Value) -> Result<Job> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "UPDATE jobs SET state = 'succeeded', result = $3, progress_percent = 100,
+                finish_time = now(), lease_expires_at = NULL, update_time = now(),
+                version = version + 1
+             WHERE id = $1 AND attempt = $2 AND state = 'running'
+             RETURNING {JOB_COLUMNS}"
+        );
+        let rows = client.query(&sql, &[&id, &attempt, &result]).await?;
+        match one(&rows)? {
+            Some(job) => {
+                tracing::debug!(job_id = %id, attempt, "job succeeded");
+                self.events.publish(&job).await;
+                Ok(job)
+            }
+            None => Err(self.explain_fence(id, attempt, State::Running).await?),
+        }
+    }
+
+    /// Records a failed attempt: the job is queued again after its backoff when the
+    /// failure is retryable and attempts remain, FAILED otherwise, and CANCELLED
+    /// when a cancellation was pending.
+    pub(crate) async fn fail(&self, id: Uuid, attempt: i32, message: &str, retryable: bool) -> Result<Job> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE");
+        let rows = tx.query(&sql, &[&id]).await?;
+        let job = one(&rows)?.ok_or_else(|| Error::NotFound {
+            job_id: id.to_string(),
+        })?;
+        if job.state != State::Running || job.attempt != attempt {
+            return Err(fence_error(&job, attempt, State::Running));
+        }
+        let rows = if job.cancel_requested {
+            let sql = format!(
+                "UPDATE jobs SET state = 'cancelled', finish_time = now(), lease_expires_at = NULL,
+                    error_message = $2, error_retryable = false, error_attempt = attempt,
+                    update_time = now(), version = version + 1
+                 WHERE id = $1 RETURNING {JOB_COLUMNS}"
+            );
+            let message = format!("cancelled by request (the attempt ended with: {message})");
+            tx.query(&sql, &[&id, &message]).await?
+        } else if retryable && job.attempt < job.max_attempts {
+            let backoff = job.retry.backoff(job.attempt);
+            let sql = format!(
+                "UPDATE jobs SET state = 'queued', attempt = attempt + 1, worker_id = NULL,
+                    lease_expires_at = NULL, error_message = $2, error_retryable = true,
+                    error_attempt = attempt, update_time = now(), version = version + 1
+                 WHERE id = $1 RETURNING {JOB_COLUMNS}"
+            );
+            let rows = tx.query(&sql, &[&id, &message]).await?;
+            tx.execute(
+                "INSERT INTO outbox (job_id, attempt, task, available_at)
+                 VALUES ($1, $2, $3, now() + $4 * interval '1 millisecond')",
+                &[&id, &(attempt + 1), &job.task, &ms(backoff)],
+            )
+            .await?;
+            tracing::info!(job_id = %id, attempt, backoff_ms = ms(backoff), %message, "attempt failed, retrying");
+            rows
+        } else {
+            let sql = format!(
+                "UPDATE jobs SET state = 'failed', finish_time = now(), lease_expires_at = NULL,
+                    error_message = $2, error_retryable = $3, error_attempt = attempt,
+                    update_time = now(), version = version + 1
+                 WHERE id = $1 RETURNING {JOB_COLUMNS}"
+            );
+            tx.query(&sql, &[&id, &message, &retryable]).await?
+        };
+        tx.commit().await?;
+        let job = one(&rows)?.ok_or_else(|| Error::NotFound {
+            job_id: id.to_string(),
+        })?;
+        if job.state == State::Queued {
+            self.outbox_wakeup.notify_one();
+        }
+        self.events.publish(&job).await;
+        Ok(job)
+    }
+
+    /// Records that a running attempt stopped after a cancellation request: the
+    /// job is CANCELLED. Without a pending request, the stop counts as a retryable
+    /// failure of the attempt.
+    pub(crate) async fn confirm_cancel(&self, id: Uuid, attempt: i32) -> Result<Job> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "UPDATE jobs SET state = 'cancelled', finish_time = now(), lease_expires_at = NULL,
+                error_message = 'cancelled by request', error_retryable = false,
+                error_attempt = attempt, update_time = now(), version = version + 1
+             WHERE id = $1 AND attempt = $2 AND state = 'running' AND cancel_requested
+             RETURNING {JOB_COLUMNS}"
+        );
+        let rows = client.query(&sql, &[&id, &attempt]).await?;
+        drop(client);
+        match one(&rows)? {
+            Some(job) => {
+                self.events.publish(&job).await;
+                Ok(job)
+            }
+            None => {
+                self.fail(id, attempt, "the worker stopped the attempt", true)
+                    .await
+            }
+        }
+    }
+
+    /// Running attempts whose lease expired (by the database clock).
+    pub(crate) async fn expired_leases(&self, limit: i64) -> Result<Vec<(Uuid, i32, Option<String>)>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT id, attempt, worker_id FROM jobs
+                 WHERE state = 'running' AND lease_expires_at < now()
+                 ORDER BY lease_expires_at LIMIT $1",
+                &[&limit],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+
+    /// Ends CANCELLED the running attempts that ignored a cancellation for longer
+    /// than `grace`. Returns how many.
+    pub(crate) async fn revoke_overdue_cancellations(&self, grace: Duration, limit: i64) -> Result<usize> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "UPDATE jobs SET state = 'cancelled', finish_time = now(), lease_expires_at = NULL,
+                error_message = 'cancelled by request (the worker did not stop in time; lease revoked)',
+                error_retryable = false, error_attempt = attempt, update_time = now(),
+                version = version + 1
+             WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND cancel_requested
+                 AND cancel_request_time < now() - $1 * interval '1 millisecond' LIMIT $2)
+             RETURNING {JOB_COLUMNS}"
+        );
+        let rows = client.query(&sql, &[&ms(grace), &limit]).await?;
+        for row in &rows {
+            let job = Job::try_from(row)?;
+            self.events.publish(&job).await;
+        }
+        Ok(rows.len())
+    }
+
+    /// Why a fenced update matched no row.
+    async fn explain_fence(&self, id: Uuid, attempt: i32, expected: State) -> Result<Error> {
+        let client = self.pool.get().await?;
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
+        let rows = client.query(&sql, &[&id]).await?;
+        Ok(match one(&rows)? {
+            None => Error::NotFound {
+                job_id: id.to_string(),
+            },
+            Some(job) => fence_error(&job, attempt, expected),
+        })
+    }
+}
+
+fn fence_error(job: &Job, attempt: i32, expected: State) -> Error {
+    if job.state.is_terminal() && job.attempt == attempt && expected == State::Running {
+        Error::AlreadyFinished {
+            job_id: job.id,
+            state: job.state.as_str(),
+        }
+    } else {
+        Error::StaleAttempt {
+            job_id: job.id,
+            attempt,
+            current: job.attempt,
+            state: job.state.as_str(),
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! gRPC settings shared by every service: one server builder, one client channel
+//! builder, and serving on an already-bound listener.
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint, Server};
+
+/// Largest gRPC message any jobmesh service accepts or sends (4 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Default deadline of an internal call when the caller gives none.
+pub const INTERNAL_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A server with the settings every service uses: HTTP/2 keepalive so that dead
+/// peers (a worker whose machine vanished) are noticed, and a bound on concurrent
+/// streams per connection.
+pub fn server() -> Server {
+    Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .tcp_nodelay(true)
+        .max_concurrent_streams(Some(1024))
+}
+
+/// A lazily-connecting channel to another jobmesh service (`http://host:port`).
+/// Connection failures surface as `UNAVAILABLE` on each call, and the channel
+/// reconnects by itself.
+pub fn channel(url: &str) -> Result<Channel, tonic::transport::Error> {
+    let endpoint = Endpoint::from_shared(normalise_url(url))?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(INTERNAL_CALL_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
+    Ok(endpoint.connect_lazy())
+}
+
+/// A channel without a per-call timeout, for long-lived streams (watch, worker
+/// sessions).
+pub fn streaming_channel(url: &str) -> Result<Channel, tonic::transport::Error> {
+    let endpoint = Endpoint::from_shared(normalise_url(url))?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
+    Ok(endpoint.connect_lazy())
+}
+
+/// Accepts `host:port` as well as `http://host:port`.
+pub fn normalise_url(url: &str) -> String {
+    if url.contains("://") {
+        url.to_owned()
+    } else {
+        format!("http://{url}")
+    }
+}
+
+/// The stream of connections of an already-bound listener, for
+/// `Router::serve_with_incoming_shutdown`.
+pub fn incoming(listener: TcpListener) -> TcpListenerStream {
+    TcpListenerStream::new(listener)
+}
+
+/// Resolves when `shutdown` is cancelled; the future given to tonic to stop
+/// accepting connections.
+pub async fn stopped(shutdown: CancellationToken) {
+    shutdown.cancelled().await;
+}

@@ -1,0 +1,111 @@
+//! NATS settings and the names of every subject, stream and consumer jobmesh uses.
+//! All names derive from one prefix so that several meshes (or parallel tests) can
+//! share a NATS server without seeing each other.
+
+use std::time::Duration;
+
+/// How to reach NATS and which names to use there.
+#[derive(clap::Args, Clone, Debug)]
+pub struct NatsConfig {
+    /// NATS server URL (JetStream must be enabled).
+    #[arg(long = "nats-url", env = "JOBMESH_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub url: String,
+    /// Prefix of every subject, stream and consumer name jobmesh creates, so that
+    /// several meshes can share one NATS server.
+    #[arg(long = "nats-prefix", env = "JOBMESH_NATS_PREFIX", default_value = "jobmesh")]
+    pub prefix: String,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".to_owned(),
+            prefix: "jobmesh".to_owned(),
+        }
+    }
+}
+
+impl NatsConfig {
+    /// The work-queue stream holding runnable attempts.
+    pub fn stream_name(&self) -> String {
+        format!("{}_jobs", self.prefix.replace(['.', '*', '>'], "_"))
+    }
+
+    /// Subjects captured by the work-queue stream.
+    pub fn jobs_wildcard(&self) -> String {
+        format!("{}.jobs.>", self.prefix)
+    }
+
+    /// Subject of runnable attempts of one task.
+    pub fn job_subject(&self, task: &str) -> String {
+        format!("{}.jobs.{task}", self.prefix)
+    }
+
+    /// The task of a job subject, if it is one.
+    pub fn task_of_subject<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        subject
+            .strip_prefix(&self.prefix)
+            .and_then(|rest| rest.strip_prefix(".jobs."))
+    }
+
+    /// Durable consumer name of a task (consumer names may not contain dots).
+    pub fn consumer_name(&self, task: &str) -> String {
+        format!("task:{}", task.replace('.', ":"))
+    }
+
+    /// Core NATS subject carrying every change of one job.
+    pub fn events_subject(&self, job_id: &str) -> String {
+        format!("{}.events.{job_id}", self.prefix)
+    }
+
+    /// Core NATS subject on which cancellation requests of running attempts are
+    /// announced to every dispatcher.
+    pub fn cancel_subject(&self) -> String {
+        format!("{}.cancel", self.prefix)
+    }
+
+    /// Connects with settings suited to a long-running service: unlimited
+    /// reconnects and bounded buffers.
+    pub async fn connect(&self, name: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+        async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(Duration::from_secs(5))
+            .request_timeout(Some(Duration::from_secs(5)))
+            .client_capacity(4096)
+            .subscription_capacity(4096)
+            .retry_on_initial_connect()
+            .connect(&self.url)
+            .await
+    }
+}
+
+/// Limits of the work-queue stream: a full stream refuses new attempts (the outbox
+/// keeps them in PostgreSQL and retries), it never drops queued ones.
+pub const STREAM_MAX_MESSAGES: i64 = 10_000_000;
+/// Largest message the work-queue stream accepts; attempts are a few dozen bytes.
+pub const STREAM_MAX_MESSAGE_BYTES: i32 = 64 * 1024;
+/// Window in which JetStream drops a second publish with the same `Nats-Msg-Id`.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Creates the work-queue stream if it does not exist (idempotent; called by every
+/// service that uses it, in any start order).
+pub async fn ensure_stream(
+    js: &async_nats::jetstream::Context,
+    config: &NatsConfig,
+) -> Result<async_nats::jetstream::stream::Stream, async_nats::jetstream::context::CreateStreamError>
+{
+    use async_nats::jetstream::stream;
+    js.get_or_create_stream(stream::Config {
+        name: config.stream_name(),
+        description: Some("jobmesh runnable job attempts, one subject per task".to_owned()),
+        subjects: vec![config.jobs_wildcard()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        discard: stream::DiscardPolicy::New,
+        max_messages: STREAM_MAX_MESSAGES,
+        max_message_size: STREAM_MAX_MESSAGE_BYTES,
+        duplicate_window: DUPLICATE_WINDOW,
+        ..Default::default()
+    })
+    .await
+}
