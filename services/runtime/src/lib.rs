@@ -3,6 +3,7 @@
 //! other.
 
 pub mod grpc;
+pub mod names;
 pub mod nats;
 pub mod shutdown;
 pub mod telemetry;

@@ -1,0 +1,36 @@
+//! dispatcher configuration.
+
+use std::time::Duration;
+
+use jobmesh_runtime::NatsConfig;
+
+/// Settings of the dispatcher service.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Config {
+    /// Address of job-store's gRPC endpoint.
+    #[arg(long, env = "JOBMESH_JOB_STORE_URL", default_value = "http://127.0.0.1:50052")]
+    pub job_store_url: String,
+    /// NATS settings.
+    #[command(flatten)]
+    pub nats: NatsConfig,
+    /// Lease of an attempt handed to a worker (milliseconds). The dispatcher
+    /// renews it while the worker's stream is alive; if nobody renews it, job-store
+    /// re-queues the job when it expires.
+    #[arg(long, env = "JOBMESH_LEASE_MS", default_value_t = 15_000)]
+    pub lease_ms: u64,
+}
+
+impl Config {
+    /// A configuration for a job-store URL and NATS settings, other values default.
+    pub fn new(job_store_url: impl Into<String>, nats: NatsConfig) -> Self {
+        Self {
+            job_store_url: job_store_url.into(),
+            nats,
+            lease_ms: 15_000,
+        }
+    }
+
+    pub(crate) fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms.max(1000))
+    }
+}

@@ -1,0 +1,224 @@
+//! Connected workers, the tasks they offer and the attempts they hold. A slot is
+//! taken (an attempt recorded as held) before the lease is asked for, so a worker
+//! is never sent more attempts than it has slots.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use jobmesh_proto::v1::ConnectResponse;
+use tokio::sync::{Notify, mpsc};
+
+/// One attempt: job id and attempt number.
+pub(crate) type Attempt = (String, i32);
+
+/// Identifies one worker session on this dispatcher.
+pub(crate) type SessionId = u64;
+
+struct Worker {
+    worker_id: String,
+    tasks: Vec<String>,
+    slots: usize,
+    held: HashSet<Attempt>,
+    tx: mpsc::Sender<ConnectResponse>,
+}
+
+#[derive(Default)]
+struct Inner {
+    next_session: SessionId,
+    workers: HashMap<SessionId, Worker>,
+    notify: HashMap<String, Arc<Notify>>,
+}
+
+/// A slot taken on a worker for one attempt.
+pub(crate) struct Slot {
+    pub(crate) session: SessionId,
+    pub(crate) worker_id: String,
+    pub(crate) tx: mpsc::Sender<ConnectResponse>,
+}
+
+/// Capacity of one task across workers.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Capacity {
+    pub(crate) workers: usize,
+    pub(crate) slots: usize,
+    pub(crate) free: usize,
+}
+
+#[derive(Default)]
+pub(crate) struct Registry {
+    inner: Mutex<Inner>,
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock means a panic while holding it; the data is still a
+        // consistent map, so keep serving.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a worker session.
+    pub(crate) fn register(
+        &self,
+        worker_id: String,
+        tasks: Vec<String>,
+        slots: usize,
+        tx: mpsc::Sender<ConnectResponse>,
+    ) -> SessionId {
+        let mut inner = self.lock();
+        inner.next_session += 1;
+        let session = inner.next_session;
+        for task in &tasks {
+            inner.notify.entry(task.clone()).or_default();
+        }
+        inner.workers.insert(
+            session,
+            Worker {
+                worker_id,
+                tasks: tasks.clone(),
+                slots,
+                held: HashSet::new(),
+                tx,
+            },
+        );
+        notify_tasks(&inner, &tasks);
+        session
+    }
+
+    /// Removes a session; returns the attempts it still held.
+    pub(crate) fn unregister(&self, session: SessionId) -> Vec<Attempt> {
+        let mut inner = self.lock();
+        inner
+            .workers
+            .remove(&session)
+            .map(|w| w.held.into_iter().collect())
+            .unwrap_or_default()
+    }
+
+    /// The signal raised when a slot for `task` may have become free.
+    pub(crate) fn notifier(&self, task: &str) -> Arc<Notify> {
+        Arc::clone(self.lock().notify.entry(task.to_owned()).or_default())
+    }
+
+    /// Free slots of all workers offering `task`.
+    pub(crate) fn free_slots(&self, task: &str) -> usize {
+        self.capacity(task).free
+    }
+
+    pub(crate) fn capacity(&self, task: &str) -> Capacity {
+        let inner = self.lock();
+        let mut capacity = Capacity::default();
+        for worker in inner.workers.values() {
+            if worker.tasks.iter().any(|t| t == task) {
+                capacity.workers += 1;
+                capacity.slots += worker.slots;
+                capacity.free += worker.slots.saturating_sub(worker.held.len());
+            }
+        }
+        capacity
+    }
+
+    /// Every task some connected worker offers.
+    pub(crate) fn tasks(&self) -> Vec<String> {
+        let inner = self.lock();
+        let mut tasks: Vec<String> = inner
+            .workers
+            .values()
+            .flat_map(|w| w.tasks.iter().cloned())
+            .collect();
+        tasks.sort();
+        tasks.dedup();
+        tasks
+    }
+
+    /// Takes a slot for an attempt on the least busy worker offering `task`.
+    pub(crate) fn reserve(&self, task: &str, attempt: &Attempt) -> Option<Slot> {
+        let mut inner = self.lock();
+        let (session, worker) = inner
+            .workers
+            .iter_mut()
+            .filter(|(_, w)| w.tasks.iter().any(|t| t == task) && w.held.len() < w.slots)
+            .max_by_key(|(_, w)| w.slots - w.held.len())?;
+        worker.held.insert(attempt.clone());
+        Some(Slot {
+            session: *session,
+            worker_id: worker.worker_id.clone(),
+            tx: worker.tx.clone(),
+        })
+    }
+
+    /// Frees the slot of an attempt (finished, failed, lost or never leased).
+    pub(crate) fn release(&self, session: SessionId, attempt: &Attempt) {
+        let mut inner = self.lock();
+        let Some(worker) = inner.workers.get_mut(&session) else {
+            return;
+        };
+        if !worker.held.remove(attempt) {
+            return;
+        }
+        let tasks = worker.tasks.clone();
+        notify_tasks(&inner, &tasks);
+    }
+
+    /// Whether a session holds an attempt.
+    pub(crate) fn holds(&self, session: SessionId, attempt: &Attempt) -> bool {
+        self.lock()
+            .workers
+            .get(&session)
+            .is_some_and(|w| w.held.contains(attempt))
+    }
+
+    /// The session holding an attempt and its sender.
+    pub(crate) fn holder(&self, attempt: &Attempt) -> Option<(SessionId, mpsc::Sender<ConnectResponse>)> {
+        self.lock()
+            .workers
+            .iter()
+            .find(|(_, w)| w.held.contains(attempt))
+            .map(|(s, w)| (*s, w.tx.clone()))
+    }
+
+    /// Every held attempt, for lease renewal.
+    pub(crate) fn held(&self) -> Vec<Attempt> {
+        self.lock()
+            .workers
+            .values()
+            .flat_map(|w| w.held.iter().cloned())
+            .collect()
+    }
+
+    /// Number of connected worker sessions.
+    pub(crate) fn sessions(&self) -> usize {
+        self.lock().workers.len()
+    }
+}
+
+fn notify_tasks(inner: &Inner, tasks: &[String]) {
+    for task in tasks {
+        if let Some(notify) = inner.notify.get(task) {
+            notify.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_reserves_more_than_the_slots() {
+        let registry = Registry::default();
+        let (tx, _rx) = mpsc::channel(8);
+        let a = registry.register("a".into(), vec!["t".into(), "u".into()], 2, tx.clone());
+        let _b = registry.register("b".into(), vec!["t".into()], 1, tx);
+        let mut slots = Vec::new();
+        for n in 0..5 {
+            if let Some(slot) = registry.reserve("t", &(format!("job{n}"), 1)) {
+                slots.push(slot);
+            }
+        }
+        assert_eq!(slots.len(), 3);
+        assert_eq!(registry.free_slots("u"), 0);
+        registry.release(a, &("job0".into(), 1));
+        assert_eq!(registry.free_slots("t"), 1);
+        assert_eq!(registry.unregister(a).len(), 1);
+    }
+}
