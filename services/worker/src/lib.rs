@@ -1,0 +1,309 @@
+//! jobmesh worker runtime: connects to the dispatcher over one bidirectional gRPC
+//! stream, offers its tasks and slots, runs assignments concurrently up to its
+//! slots, streams progress and outcomes, and reconnects with backoff when the
+//! stream drops. Ships the built-in `demo.*` tasks; custom handlers are registered
+//! with [`Handlers::register`].
+
+mod builtin;
+mod config;
+mod handler;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use jobmesh_proto::json::{json_to_struct, struct_to_json};
+use jobmesh_proto::v1::worker_service_client::WorkerServiceClient;
+use jobmesh_proto::v1::{
+    ConnectRequest, JobAssignment, JobCancelled, JobFailed, JobSucceeded, WorkerHeartbeat,
+    WorkerHello, connect_request, connect_response,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+pub use handler::{Handler, Handlers, JobContext, TaskError};
+
+/// Outbound reports buffered per session; a full queue slows handlers down.
+const OUTBOUND_BUFFER: usize = 1024;
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a cancelled handler may take to return before it is aborted.
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+/// Why a worker cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("worker configuration: {0}")]
+    Config(String),
+}
+
+/// Runs a worker with the built-in tasks until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    run_with(config, Handlers::builtin(), shutdown).await
+}
+
+/// Runs a worker with the given handlers until `shutdown`. On shutdown it stops
+/// taking jobs, lets running ones finish within the grace period, then cancels
+/// the rest (they are re-queued) and returns.
+pub async fn run_with(config: Config, handlers: Handlers, shutdown: CancellationToken) -> Result<(), RunError> {
+    let tasks = if config.tasks.is_empty() {
+        handlers.tasks()
+    } else {
+        config.tasks.clone()
+    };
+    if let Some(missing) = tasks.iter().find(|t| !handlers.by_task.contains_key(*t)) {
+        return Err(RunError::Config(format!(
+            "no handler for task {missing:?} (known: {})",
+            handlers.tasks().join(", ")
+        )));
+    }
+    if tasks.is_empty() {
+        return Err(RunError::Config("no tasks to offer".to_owned()));
+    }
+    if config.slots == 0 {
+        return Err(RunError::Config("slots must be at least 1".to_owned()));
+    }
+    let worker_id = config.worker_id();
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        match session(&config, &handlers, &tasks, &worker_id, &shutdown).await {
+            Ok(()) => break,
+            Err(Failure { welcomed, message }) => {
+                if welcomed {
+                    backoff = Duration::from_millis(100);
+                }
+                let delay = backoff.mul_f64(0.5 + fastrand::f64());
+                tracing::warn!(dispatcher = %config.dispatcher_url, error = %message, retry_in_ms = delay.as_millis() as u64, "worker session ended");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+    tracing::info!(worker_id, "worker stopped");
+    Ok(())
+}
+
+struct Failure {
+    welcomed: bool,
+    message: String,
+}
+
+/// One connection to the dispatcher. Returns `Ok` after a graceful shutdown.
+async fn session(
+    config: &Config,
+    handlers: &Handlers,
+    tasks: &[String],
+    worker_id: &str,
+    shutdown: &CancellationToken,
+) -> Result<(), Failure> {
+    let fail = |welcomed, message: String| Failure { welcomed, message };
+    let channel = jobmesh_runtime::grpc::streaming_channel(&config.dispatcher_url)
+        .map_err(|e| fail(false, e.to_string()))?;
+    let mut client = WorkerServiceClient::new(channel);
+    let (out, out_rx) = mpsc::channel(OUTBOUND_BUFFER);
+    let hello = ConnectRequest {
+        message: Some(connect_request::Message::Hello(WorkerHello {
+            worker_id: worker_id.to_owned(),
+            tasks: tasks.to_vec(),
+            slots: i32::try_from(config.slots).unwrap_or(i32::MAX),
+        })),
+    };
+    out.send(hello)
+        .await
+        .map_err(|_| fail(false, "outbound queue closed".to_owned()))?;
+    let mut inbound = client
+        .connect(ReceiverStream::new(out_rx))
+        .await
+        .map_err(|s| fail(false, s.to_string()))?
+        .into_inner();
+    let heartbeat = match inbound.message().await {
+        Ok(Some(message)) => match message.message {
+            Some(connect_response::Message::Welcome(welcome)) => welcome
+                .heartbeat_interval
+                .and_then(|d| Duration::try_from(d).ok())
+                .unwrap_or(Duration::from_secs(5)),
+            _ => return Err(fail(false, "the dispatcher did not welcome the worker".to_owned())),
+        },
+        Ok(None) => return Err(fail(false, "the dispatcher closed the stream".to_owned())),
+        Err(status) => return Err(fail(false, status.to_string())),
+    };
+    tracing::info!(worker_id, tasks = ?tasks, slots = config.slots, "connected to dispatcher");
+
+    let running = TaskTracker::new();
+    let mut tokens: HashMap<(String, i32), CancellationToken> = HashMap::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, i32)>();
+    let mut ticker = tokio::time::interval(heartbeat);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let outcome = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            Some(key) = done_rx.recv() => { tokens.remove(&key); }
+            _ = ticker.tick() => {
+                let beat = ConnectRequest { message: Some(connect_request::Message::Heartbeat(WorkerHeartbeat {})) };
+                if out.try_send(beat).is_err() {
+                    tracing::debug!("outbound queue full, heartbeat skipped");
+                }
+            }
+            message = inbound.message() => match message {
+                Ok(Some(message)) => match message.message {
+                    Some(connect_response::Message::Assignment(assignment)) => {
+                        let key = (assignment.job_id.clone(), assignment.attempt);
+                        let token = CancellationToken::new();
+                        tokens.insert(key.clone(), token.clone());
+                        let handler = handlers.by_task.get(&assignment.task).cloned();
+                        let out = out.clone();
+                        let done = done_tx.clone();
+                        running.spawn(async move {
+                            execute(assignment, handler, token, out).await;
+                            let _ = done.send(key);
+                        });
+                    }
+                    Some(connect_response::Message::Cancellation(c)) => {
+                        if let Some(token) = tokens.get(&(c.job_id.clone(), c.attempt)) {
+                            tracing::info!(job_id = %c.job_id, attempt = c.attempt, reason = %c.reason, "cancelling attempt");
+                            token.cancel();
+                        }
+                    }
+                    Some(connect_response::Message::Welcome(_)) | None => {}
+                },
+                Ok(None) => break Err(fail(true, "the dispatcher closed the stream".to_owned())),
+                Err(status) => break Err(fail(true, status.to_string())),
+            },
+        }
+    };
+    running.close();
+    match outcome {
+        Ok(()) => {
+            // Graceful: finish what we hold within the grace period, reporting
+            // outcomes on the still-open stream; stop the rest.
+            tracing::info!(running = tokens.len(), grace_ms = config.shutdown_grace().as_millis() as u64, "draining");
+            if tokio::time::timeout(config.shutdown_grace(), running.wait()).await.is_err() {
+                for token in tokens.values() {
+                    token.cancel();
+                }
+                running.wait().await;
+            }
+            drop(out);
+            Ok(())
+        }
+        Err(failure) => {
+            // The dispatcher re-queues what we held; stop it here so no work runs
+            // twice at once.
+            for token in tokens.values() {
+                token.cancel();
+            }
+            running.wait().await;
+            Err(failure)
+        }
+    }
+}
+
+/// Runs one attempt and reports its outcome.
+async fn execute(
+    assignment: JobAssignment,
+    handler: Option<Handler>,
+    cancel: CancellationToken,
+    out: mpsc::Sender<ConnectRequest>,
+) {
+    let job_id = assignment.job_id.clone();
+    let attempt = assignment.attempt;
+    let report = |message| ConnectRequest {
+        message: Some(message),
+    };
+    let failed = |message: String, retryable| {
+        report(connect_request::Message::Failed(JobFailed {
+            job_id: job_id.clone(),
+            attempt,
+            message,
+            retryable,
+        }))
+    };
+    let Some(handler) = handler else {
+        let message = format!("this worker has no handler for task {:?}", assignment.task);
+        let _ = out.send(failed(message, true)).await;
+        return;
+    };
+    let ctx = JobContext {
+        job_id: job_id.clone(),
+        attempt,
+        task: assignment.task.clone(),
+        args: serde_json::Value::Object(assignment.args.as_ref().map(struct_to_json).unwrap_or_default()),
+        labels: assignment.labels.clone(),
+        cancel: cancel.clone(),
+        out: out.clone(),
+    };
+    let timeout = assignment.timeout.and_then(|t| Duration::try_from(t).ok());
+    tracing::debug!(job_id, attempt, task = %assignment.task, "running");
+    let mut handle = tokio::spawn(handler(ctx));
+    let deadline = async {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    enum End {
+        Returned(Result<Result<serde_json::Value, TaskError>, tokio::task::JoinError>),
+        Cancelled,
+        TimedOut,
+    }
+    let end = tokio::select! {
+        result = &mut handle => End::Returned(result),
+        _ = cancel.cancelled() => End::Cancelled,
+        _ = deadline => End::TimedOut,
+    };
+    if !matches!(end, End::Returned(_)) {
+        // Give the handler a moment to notice the token, then abort it.
+        cancel.cancel();
+        if tokio::time::timeout(CANCEL_GRACE, &mut handle).await.is_err() {
+            handle.abort();
+        }
+    }
+    let message = match end {
+        End::Cancelled => report(connect_request::Message::Cancelled(JobCancelled {
+            job_id: job_id.clone(),
+            attempt,
+        })),
+        End::TimedOut => failed(
+            format!("timed out after {:.1}s", timeout.unwrap_or_default().as_secs_f64()),
+            true,
+        ),
+        End::Returned(Ok(Ok(value))) => {
+            let result = match value {
+                serde_json::Value::Object(map) => map,
+                other => {
+                    let mut map = serde_json::Map::new();
+                    map.insert("value".to_owned(), other);
+                    map
+                }
+            };
+            report(connect_request::Message::Succeeded(JobSucceeded {
+                job_id: job_id.clone(),
+                attempt,
+                result: Some(json_to_struct(&result)),
+            }))
+        }
+        End::Returned(Ok(Err(error))) => failed(error.message, error.retryable),
+        End::Returned(Err(join)) => {
+            let detail = if join.is_panic() {
+                let panic = join.into_panic();
+                panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_owned())
+            } else {
+                "aborted".to_owned()
+            };
+            tracing::error!(job_id, attempt, detail, "handler panicked");
+            failed(format!("the handler panicked: {detail}"), true)
+        }
+    };
+    if out.send(message).await.is_err() {
+        tracing::warn!(job_id, attempt, "outcome not sent: the session ended; the job will be re-run");
+    }
+}

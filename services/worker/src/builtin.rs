@@ -1,0 +1,63 @@
+//! Built-in demo tasks: `demo.echo`, `demo.sleep`, `demo.fail`.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::handler::{Handlers, JobContext, TaskError};
+
+pub(crate) fn register(handlers: &mut Handlers) {
+    handlers.register("demo.echo", echo);
+    handlers.register("demo.sleep", sleep);
+    handlers.register("demo.fail", fail);
+}
+
+/// Returns its arguments.
+async fn echo(ctx: JobContext) -> Result<serde_json::Value, TaskError> {
+    Ok(ctx.args)
+}
+
+/// Sleeps `seconds` (default 1, at most 86400) in `steps` steps (default 10, at most
+/// 10000), reporting progress after each; stops early when cancelled.
+async fn sleep(ctx: JobContext) -> Result<serde_json::Value, TaskError> {
+    let seconds = match ctx.args.get("seconds") {
+        None => 1.0,
+        Some(v) => v
+            .as_f64()
+            .filter(|s| (0.0..=86_400.0).contains(s))
+            .ok_or_else(|| TaskError::permanent(format!("args.seconds: {v} is not a number between 0 and 86400")))?,
+    };
+    let steps = match ctx.args.get("steps") {
+        None => 10,
+        Some(v) => v
+            .as_u64()
+            .filter(|s| (1..=10_000).contains(s))
+            .ok_or_else(|| TaskError::permanent(format!("args.steps: {v} is not an integer between 1 and 10000")))?,
+    };
+    let step = Duration::from_secs_f64(seconds / steps as f64);
+    for n in 1..=steps {
+        tokio::select! {
+            _ = ctx.cancelled() => return Err(TaskError::permanent("cancelled")),
+            _ = tokio::time::sleep(step) => {}
+        }
+        let percent = i32::try_from(n * 100 / steps).unwrap_or(100);
+        ctx.progress(percent, format!("step {n}/{steps}")).await;
+    }
+    Ok(json!({ "slept_seconds": seconds, "steps": steps }))
+}
+
+/// Fails with `message` (default "demo failure"); `retryable` (default false).
+async fn fail(ctx: JobContext) -> Result<serde_json::Value, TaskError> {
+    let message = ctx
+        .args
+        .get("message")
+        .and_then(|m| m.as_str())
+        .unwrap_or("demo failure")
+        .to_owned();
+    let retryable = ctx
+        .args
+        .get("retryable")
+        .and_then(|r| r.as_bool())
+        .unwrap_or(false);
+    Err(TaskError { message, retryable })
+}

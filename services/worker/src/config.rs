@@ -1,0 +1,51 @@
+//! worker configuration.
+
+use std::time::Duration;
+
+/// Settings of a worker.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Config {
+    /// Address of the dispatcher's gRPC endpoint.
+    #[arg(long, env = "JOBMESH_DISPATCHER_URL", default_value = "http://127.0.0.1:50053")]
+    pub dispatcher_url: String,
+    /// Name of this worker; defaults to `<hostname>-<pid>`.
+    #[arg(long, env = "JOBMESH_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// How many jobs this worker runs at once.
+    #[arg(long, env = "JOBMESH_WORKER_SLOTS", default_value_t = 8)]
+    pub slots: u32,
+    /// Tasks to offer (comma-separated); defaults to every task the worker has a
+    /// handler for.
+    #[arg(long, env = "JOBMESH_WORKER_TASKS", value_delimiter = ',')]
+    pub tasks: Vec<String>,
+    /// On shutdown, how long running jobs may take to finish before they are
+    /// stopped and handed back for another attempt (milliseconds).
+    #[arg(long, env = "JOBMESH_WORKER_GRACE_MS", default_value_t = 30_000)]
+    pub shutdown_grace_ms: u64,
+}
+
+impl Config {
+    /// A configuration for a dispatcher URL, other values default.
+    pub fn new(dispatcher_url: impl Into<String>) -> Self {
+        Self {
+            dispatcher_url: dispatcher_url.into(),
+            worker_id: None,
+            slots: 8,
+            tasks: Vec::new(),
+            shutdown_grace_ms: 30_000,
+        }
+    }
+
+    pub(crate) fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    pub(crate) fn worker_id(&self) -> String {
+        self.worker_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "worker".to_owned());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+}

@@ -1,0 +1,138 @@
+//! What a task handler sees and returns.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use jobmesh_proto::v1::{ConnectRequest, JobLog, JobProgress, connect_request};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A failure returned by a handler.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct TaskError {
+    /// What went wrong, shown to the user.
+    pub message: String,
+    /// Whether another attempt may succeed.
+    pub retryable: bool,
+}
+
+impl TaskError {
+    /// A failure worth retrying (network hiccup, busy resource).
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: true,
+        }
+    }
+
+    /// A failure that will happen again (bad input, missing file).
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+}
+
+/// One attempt as the handler sees it.
+pub struct JobContext {
+    /// Job identifier.
+    pub job_id: String,
+    /// Attempt number (1 for the first run).
+    pub attempt: i32,
+    /// Task name.
+    pub task: String,
+    /// Arguments, a JSON object.
+    pub args: serde_json::Value,
+    /// Labels of the job.
+    pub labels: HashMap<String, String>,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) out: mpsc::Sender<ConnectRequest>,
+}
+
+impl JobContext {
+    /// Reports progress (0–100 and a message). Waits when the worker's outbound
+    /// queue is full, which slows a handler that reports faster than the mesh
+    /// can carry.
+    pub async fn progress(&self, percent: i32, message: impl Into<String>) {
+        let report = connect_request::Message::Progress(JobProgress {
+            job_id: self.job_id.clone(),
+            attempt: self.attempt,
+            percent: percent.clamp(0, 100),
+            message: message.into(),
+        });
+        let _ = self.out.send(ConnectRequest {
+            message: Some(report),
+        })
+        .await;
+    }
+
+    /// Sends a log line of this attempt.
+    pub async fn log(&self, line: impl Into<String>) {
+        let report = connect_request::Message::Log(JobLog {
+            job_id: self.job_id.clone(),
+            attempt: self.attempt,
+            line: line.into(),
+        });
+        let _ = self.out.send(ConnectRequest {
+            message: Some(report),
+        })
+        .await;
+    }
+
+    /// Resolves when the attempt is cancelled (by a user, a lost lease or a
+    /// timeout); long handlers select on it.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await;
+    }
+
+    /// Whether the attempt has been cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+}
+
+/// A task handler.
+pub type Handler =
+    Arc<dyn Fn(JobContext) -> BoxFuture<'static, Result<serde_json::Value, TaskError>> + Send + Sync>;
+
+/// The handlers of a worker, by task name.
+#[derive(Clone, Default)]
+pub struct Handlers {
+    pub(crate) by_task: HashMap<String, Handler>,
+}
+
+impl Handlers {
+    /// No handlers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The built-in `demo.*` tasks.
+    pub fn builtin() -> Self {
+        let mut handlers = Self::new();
+        crate::builtin::register(&mut handlers);
+        handlers
+    }
+
+    /// Adds (or replaces) the handler of a task.
+    pub fn register<F, Fut>(&mut self, task: impl Into<String>, handler: F) -> &mut Self
+    where
+        F: Fn(JobContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<serde_json::Value, TaskError>> + Send + 'static,
+    {
+        let handler: Handler = Arc::new(move |ctx| Box::pin(handler(ctx)));
+        self.by_task.insert(task.into(), handler);
+        self
+    }
+
+    /// Task names, sorted.
+    pub fn tasks(&self) -> Vec<String> {
+        let mut tasks: Vec<String> = self.by_task.keys().cloned().collect();
+        tasks.sort();
+        tasks
+    }
+}
