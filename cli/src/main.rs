@@ -1,0 +1,126 @@
+//! The `jobmesh` binary: `jobmesh dev` starts the whole mesh on this machine; the
+//! service modes run one service each; the client commands talk to a gateway.
+
+mod bench;
+mod client;
+mod dev;
+mod output;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+
+/// jobmesh: run long jobs with live progress over gRPC, on PostgreSQL and NATS
+/// JetStream.
+#[derive(Parser, Debug)]
+#[command(name = "jobmesh", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start the whole mesh on this machine (job-store, dispatcher, gateway and one
+    /// worker) against the local PostgreSQL and NATS.
+    Dev(dev::DevArgs),
+    /// Run the gateway (public gRPC API).
+    Gateway(GatewayArgs),
+    /// Run job-store (PostgreSQL, outbox, events).
+    JobStore(JobStoreArgs),
+    /// Run the dispatcher (JetStream consumers, worker sessions).
+    Dispatcher(DispatcherArgs),
+    /// Run a worker with the built-in tasks.
+    Worker(WorkerArgs),
+    /// Submit a job.
+    Submit(client::SubmitArgs),
+    /// Show a job.
+    Get(client::JobArgs),
+    /// List jobs, newest first.
+    List(client::ListArgs),
+    /// Cancel a job.
+    Cancel(client::JobArgs),
+    /// Follow a job until it ends, one JSON line per change.
+    Watch(client::JobArgs),
+    /// List tasks with their workers, free slots and queue depth.
+    Tasks(client::GatewayAddr),
+    /// Measure a running mesh: submit rate, end-to-end throughput and latency.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct GatewayArgs {
+    /// Address to listen on.
+    #[arg(long, env = "JOBMESH_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: String,
+    #[command(flatten)]
+    config: jobmesh_gateway::Config,
+}
+
+#[derive(clap::Args, Debug)]
+struct JobStoreArgs {
+    /// Address to listen on.
+    #[arg(long, env = "JOBMESH_LISTEN", default_value = "127.0.0.1:50052")]
+    listen: String,
+    #[command(flatten)]
+    config: jobmesh_job_store::Config,
+}
+
+#[derive(clap::Args, Debug)]
+struct DispatcherArgs {
+    /// Address to listen on.
+    #[arg(long, env = "JOBMESH_LISTEN", default_value = "127.0.0.1:50053")]
+    listen: String,
+    #[command(flatten)]
+    config: jobmesh_dispatcher::Config,
+}
+
+#[derive(clap::Args, Debug)]
+struct WorkerArgs {
+    #[command(flatten)]
+    config: jobmesh_worker::Config,
+}
+
+async fn bind(address: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address} (is another jobmesh running? pass --listen)"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Dev(args) => dev::run(args).await,
+        Command::Gateway(args) => {
+            jobmesh_runtime::telemetry::init("jobmesh-gateway");
+            let listener = bind(&args.listen).await?;
+            jobmesh_gateway::run(args.config, listener, jobmesh_runtime::shutdown::on_signal()).await?;
+            Ok(())
+        }
+        Command::JobStore(args) => {
+            jobmesh_runtime::telemetry::init("jobmesh-job-store");
+            let listener = bind(&args.listen).await?;
+            jobmesh_job_store::run(args.config, listener, jobmesh_runtime::shutdown::on_signal()).await?;
+            Ok(())
+        }
+        Command::Dispatcher(args) => {
+            jobmesh_runtime::telemetry::init("jobmesh-dispatcher");
+            let listener = bind(&args.listen).await?;
+            jobmesh_dispatcher::run(args.config, listener, jobmesh_runtime::shutdown::on_signal()).await?;
+            Ok(())
+        }
+        Command::Worker(args) => {
+            jobmesh_runtime::telemetry::init("jobmesh-worker");
+            jobmesh_worker::run(args.config, jobmesh_runtime::shutdown::on_signal()).await?;
+            Ok(())
+        }
+        Command::Submit(args) => client::submit(args).await,
+        Command::Get(args) => client::get(args).await,
+        Command::List(args) => client::list(args).await,
+        Command::Cancel(args) => client::cancel(args).await,
+        Command::Watch(args) => client::watch(args).await,
+        Command::Tasks(args) => client::tasks(args).await,
+        Command::Bench(args) => bench::run(args).await,
+    }
+}

@@ -1,0 +1,95 @@
+//! jobmesh gateway: the public edge. Serves `jobmesh.v1.JobService` and
+//! `jobmesh.v1.TaskService` by calling job-store and the dispatcher over gRPC,
+//! validates every request, and serves `grpc.health.v1.Health` and server
+//! reflection (v1 and v1alpha, for grpcurl 1.8). It never touches PostgreSQL or
+//! NATS.
+
+mod config;
+mod grpc;
+mod validate;
+
+use jobmesh_proto::internal::dispatcher_service_client::DispatcherServiceClient;
+use jobmesh_proto::internal::job_store_service_client::JobStoreServiceClient;
+use jobmesh_proto::v1::job_service_server::JobServiceServer;
+use jobmesh_proto::v1::task_service_server::TaskServiceServer;
+use jobmesh_runtime::grpc::{MAX_MESSAGE_BYTES, incoming};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+/// Why the gateway could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{service} url {url:?}: {source}")]
+    Url {
+        service: &'static str,
+        url: String,
+        source: tonic::transport::Error,
+    },
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("grpc server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Runs the gateway on an already-bound listener until `shutdown` is cancelled;
+/// in-flight calls finish before it returns.
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RunError> {
+    let url_error = |service, url: &str| {
+        let url = url.to_owned();
+        move |source| RunError::Url { service, url, source }
+    };
+    let job_store = jobmesh_runtime::grpc::channel(&config.job_store_url)
+        .map_err(url_error("job-store", &config.job_store_url))?;
+    let job_store_streaming = jobmesh_runtime::grpc::streaming_channel(&config.job_store_url)
+        .map_err(url_error("job-store", &config.job_store_url))?;
+    let dispatcher = jobmesh_runtime::grpc::channel(&config.dispatcher_url)
+        .map_err(url_error("dispatcher", &config.dispatcher_url))?;
+    let gateway = grpc::Gateway {
+        job_store: JobStoreServiceClient::new(job_store)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        job_store_streaming: JobStoreServiceClient::new(job_store_streaming)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        dispatcher: DispatcherServiceClient::new(dispatcher),
+    };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<JobServiceServer<grpc::Gateway>>()
+        .await;
+    health
+        .set_serving::<TaskServiceServer<grpc::Gateway>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(jobmesh_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(jobmesh_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let jobs = JobServiceServer::new(gateway.clone())
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let tasks = TaskServiceServer::new(gateway);
+    let address = listener.local_addr().ok();
+    tracing::info!(?address, job_store = %config.job_store_url, dispatcher = %config.dispatcher_url, "gateway serving");
+    let stopping = shutdown.clone();
+    jobmesh_runtime::grpc::server()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(jobs)
+        .add_service(tasks)
+        .serve_with_incoming_shutdown(incoming(listener), async move {
+            stopping.cancelled().await;
+            health
+                .set_not_serving::<JobServiceServer<grpc::Gateway>>()
+                .await;
+        })
+        .await?;
+    tracing::info!("gateway stopped");
+    Ok(())
+}

@@ -71,3 +71,33 @@ pub fn incoming(listener: TcpListener) -> TcpListenerStream {
 pub async fn stopped(shutdown: CancellationToken) {
     shutdown.cancelled().await;
 }
+
+/// Longest deadline forwarded to an internal call.
+const MAX_FORWARDED_DEADLINE: Duration = Duration::from_secs(3600);
+
+/// The deadline a caller gave in its `grpc-timeout` header, if any, so the same
+/// deadline can be applied to the internal calls made on its behalf.
+pub fn deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    let duration = match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    };
+    Some(duration.min(MAX_FORWARDED_DEADLINE))
+}
+
+/// A request for an internal call carrying the caller's deadline.
+pub fn forward<T>(incoming: &tonic::metadata::MetadataMap, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(deadline) = deadline(incoming) {
+        request.set_timeout(deadline);
+    }
+    request
+}

@@ -1,0 +1,147 @@
+//! `jobmesh dev`: the whole mesh in one process, each service on its own loopback
+//! port and talking real gRPC to the others, against the local PostgreSQL and NATS.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use jobmesh_runtime::NatsConfig;
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct DevArgs {
+    /// Gateway address (the public API).
+    #[arg(long, env = "JOBMESH_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: String,
+    /// job-store address.
+    #[arg(long, env = "JOBMESH_JOB_STORE_LISTEN", default_value = "127.0.0.1:50052")]
+    job_store_listen: String,
+    /// Dispatcher address.
+    #[arg(long, env = "JOBMESH_DISPATCHER_LISTEN", default_value = "127.0.0.1:50053")]
+    dispatcher_listen: String,
+    /// PostgreSQL URL; the database is created if it does not exist.
+    #[arg(
+        long,
+        env = "JOBMESH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/jobmesh"
+    )]
+    database_url: String,
+    #[command(flatten)]
+    nats: NatsConfig,
+    /// Slots of the built-in worker.
+    #[arg(long, env = "JOBMESH_WORKER_SLOTS", default_value_t = 16)]
+    worker_slots: u32,
+}
+
+async fn bind(address: &str, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address).await.with_context(|| {
+        format!("cannot listen on {address} for {what} (another jobmesh running? change the --*-listen flags)")
+    })
+}
+
+pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
+    jobmesh_runtime::telemetry::init("jobmesh-dev");
+    let shutdown = jobmesh_runtime::shutdown::on_signal();
+    let job_store_listener = bind(&args.job_store_listen, "job-store").await?;
+    let dispatcher_listener = bind(&args.dispatcher_listen, "dispatcher").await?;
+    let gateway_listener = bind(&args.listen, "the gateway").await?;
+    let job_store_url = format!("http://{}", job_store_listener.local_addr()?);
+    let dispatcher_url = format!("http://{}", dispatcher_listener.local_addr()?);
+    let gateway_addr = gateway_listener.local_addr()?;
+
+    // Services stop in reverse dependency order: the edge first, the store last.
+    let stop_store = CancellationToken::new();
+    let stop_dispatcher = CancellationToken::new();
+    let stop_edge = CancellationToken::new();
+
+    let store = tokio::spawn(jobmesh_job_store::run(
+        jobmesh_job_store::Config::new(args.database_url.clone(), args.nats.clone()),
+        job_store_listener,
+        stop_store.clone(),
+    ));
+    let dispatcher = tokio::spawn(jobmesh_dispatcher::run(
+        jobmesh_dispatcher::Config::new(job_store_url.clone(), args.nats.clone()),
+        dispatcher_listener,
+        stop_dispatcher.clone(),
+    ));
+    let gateway = tokio::spawn(jobmesh_gateway::run(
+        jobmesh_gateway::Config::new(job_store_url.clone(), dispatcher_url.clone()),
+        gateway_listener,
+        stop_edge.clone(),
+    ));
+    let mut worker_config = jobmesh_worker::Config::new(dispatcher_url.clone());
+    worker_config.slots = args.worker_slots;
+    worker_config.worker_id = Some(format!("dev-worker-{}", std::process::id()));
+    worker_config.shutdown_grace_ms = 5_000;
+    let worker = tokio::spawn(jobmesh_worker::run(worker_config, stop_edge.clone()));
+
+    let banner = format!(
+        "jobmesh dev mesh is up\n  gateway     {gateway_addr}   (public gRPC: jobmesh.v1.JobService, TaskService, health, reflection)\n  job-store   {job_store_url}\n  dispatcher  {dispatcher_url}\n  worker      {} slots, tasks demo.echo, demo.sleep, demo.fail\n  postgres    {}\n  nats        {} (prefix {})\n\ntry:\n  grpcurl -plaintext -d '{{\"task\":\"demo.sleep\",\"args\":{{\"seconds\":3,\"steps\":5}}}}' {gateway_addr} jobmesh.v1.JobService/SubmitJob\n  grpcurl -plaintext -d '{{\"job_id\":\"<id>\"}}' {gateway_addr} jobmesh.v1.JobService/WatchJob\n  jobmesh submit demo.sleep --args '{{\"seconds\":3}}' --watch\n\nCtrl-C stops the mesh.",
+        args.worker_slots,
+        jobmesh_job_store::redact(&args.database_url),
+        args.nats.url,
+        args.nats.prefix,
+    );
+    // Show the banner once the mesh answers (job-store creates the database and
+    // the stream first); a store that fails to start ends the command instead.
+    let mut store = store;
+    let gateway_probe = gateway_addr.to_string();
+    let early = tokio::select! {
+        ready = wait_for(&gateway_probe) => {
+            if ready {
+                println!("{banner}");
+            } else {
+                tracing::warn!("the mesh did not answer within 30s; still waiting");
+            }
+            None
+        }
+        result = &mut store => Some(result),
+    };
+    let failed = match early {
+        Some(result) => Some(result),
+        None => tokio::select! {
+            _ = shutdown.cancelled() => None,
+            result = &mut store => Some(result),
+        },
+    };
+    stop_edge.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        let _ = worker.await;
+        let _ = gateway.await;
+    })
+    .await;
+    stop_dispatcher.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), dispatcher).await;
+    stop_store.cancel();
+    let outcome = match failed {
+        Some(result) => result,
+        None => tokio::time::timeout(Duration::from_secs(10), store)
+            .await
+            .context("job-store did not stop within 10s")?,
+    };
+    outcome.context("job-store task")?.context("job-store")?;
+    Ok(())
+}
+
+/// Waits until the gateway answers health checks and job-store is reachable
+/// (at most 30 s).
+async fn wait_for(gateway: &str) -> bool {
+    let Ok(channel) = jobmesh_runtime::grpc::channel(gateway) else {
+        return false;
+    };
+    let mut jobs = jobmesh_proto::v1::job_service_client::JobServiceClient::new(channel);
+    for _ in 0..300 {
+        let probe = jobs
+            .list_jobs(jobmesh_proto::v1::ListJobsRequest {
+                page_size: 1,
+                ..Default::default()
+            })
+            .await;
+        if probe.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}

@@ -1,0 +1,250 @@
+//! Validation of public requests at the edge. Every error names the field and the
+//! offending value, and maps to `INVALID_ARGUMENT`.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use jobmesh_proto::internal as pb;
+use jobmesh_proto::json::struct_depth;
+use jobmesh_proto::v1;
+use prost::Message as _;
+use tonic::Status;
+
+/// Largest encoded `args`.
+pub(crate) const MAX_ARGS_BYTES: usize = 256 * 1024;
+/// Deepest nesting of `args`.
+pub(crate) const MAX_ARGS_DEPTH: usize = 32;
+/// Most labels on a job.
+pub(crate) const MAX_LABELS: usize = 64;
+/// Longest label key and value.
+pub(crate) const MAX_LABEL_KEY: usize = 63;
+pub(crate) const MAX_LABEL_VALUE: usize = 256;
+/// Longest idempotency key.
+pub(crate) const MAX_IDEMPOTENCY_KEY: usize = 256;
+/// Attempts: default and bounds.
+pub(crate) const DEFAULT_MAX_ATTEMPTS: i32 = 3;
+pub(crate) const MAX_ATTEMPTS: i32 = 100;
+/// Longest execution timeout.
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Farthest schedule time.
+pub(crate) const MAX_SCHEDULE_AHEAD: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Page size: default and cap.
+pub(crate) const DEFAULT_PAGE_SIZE: i32 = 50;
+pub(crate) const MAX_PAGE_SIZE: i32 = 1000;
+
+fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {reason}"))
+}
+
+pub(crate) fn job_id(value: &str) -> Result<String, Status> {
+    if value.is_empty() {
+        return Err(invalid("job_id", "required"));
+    }
+    uuid::Uuid::parse_str(value)
+        .map(|id| id.to_string())
+        .map_err(|_| invalid("job_id", format!("{value:?} is not a job id (a UUID)")))
+}
+
+fn task(value: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        return Err(invalid("task", "required"));
+    }
+    if !jobmesh_runtime::names::is_task_name(value) {
+        return Err(invalid(
+            "task",
+            format!(
+                "{value:?} is not a task name: use dot-separated segments of letters, digits, '_' or '-', each starting with a letter, at most 128 characters"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn label_key_ok(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= MAX_LABEL_KEY
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+}
+
+fn labels(field: &str, labels: &HashMap<String, String>) -> Result<(), Status> {
+    if labels.len() > MAX_LABELS {
+        return Err(invalid(
+            field,
+            format!("{} labels exceed the limit of {MAX_LABELS}", labels.len()),
+        ));
+    }
+    for (key, value) in labels {
+        if !label_key_ok(key) {
+            return Err(invalid(
+                field,
+                format!("key {key:?} must be 1-{MAX_LABEL_KEY} letters, digits, '.', '_', '-' or '/'"),
+            ));
+        }
+        if value.len() > MAX_LABEL_VALUE {
+            return Err(invalid(
+                field,
+                format!("value of {key:?} is {} bytes, over the limit of {MAX_LABEL_VALUE}", value.len()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn duration(field: &str, value: Option<prost_types::Duration>, max: Duration) -> Result<Option<Duration>, Status> {
+    let Some(value) = value else { return Ok(None) };
+    let d = Duration::try_from(value)
+        .map_err(|_| invalid(field, "must be a non-negative duration"))?;
+    if d > max {
+        return Err(invalid(field, format!("{:?} exceeds the limit of {:?}", d, max)));
+    }
+    Ok(Some(d))
+}
+
+fn retry_policy(value: Option<v1::RetryPolicy>) -> Result<Option<v1::RetryPolicy>, Status> {
+    let Some(p) = value else { return Ok(None) };
+    let day = Duration::from_secs(24 * 3600);
+    let initial = duration("retry_policy.initial_backoff", p.initial_backoff, day)?;
+    let max = duration("retry_policy.max_backoff", p.max_backoff, day)?;
+    if let (Some(initial), Some(max)) = (initial, max) {
+        if max < initial {
+            return Err(invalid(
+                "retry_policy.max_backoff",
+                format!("{max:?} is shorter than initial_backoff {initial:?}"),
+            ));
+        }
+    }
+    if p.multiplier != 0.0 && !(1.0..=100.0).contains(&p.multiplier) {
+        return Err(invalid(
+            "retry_policy.multiplier",
+            format!("{} is not between 1 and 100", p.multiplier),
+        ));
+    }
+    if !(0.0..=1.0).contains(&p.jitter) {
+        return Err(invalid(
+            "retry_policy.jitter",
+            format!("{} is not between 0 and 1", p.jitter),
+        ));
+    }
+    Ok(Some(p))
+}
+
+/// A SubmitJob request turned into job-store's CreateJob for `tenant`.
+pub(crate) fn submit(tenant: &str, r: v1::SubmitJobRequest) -> Result<pb::CreateJobRequest, Status> {
+    task(&r.task)?;
+    let args = r.args.unwrap_or_default();
+    let size = args.encoded_len();
+    if size > MAX_ARGS_BYTES {
+        return Err(invalid(
+            "args",
+            format!("{size} bytes exceed the limit of {MAX_ARGS_BYTES}"),
+        ));
+    }
+    let depth = struct_depth(&args);
+    if depth > MAX_ARGS_DEPTH {
+        return Err(invalid(
+            "args",
+            format!("nested {depth} levels deep, over the limit of {MAX_ARGS_DEPTH}"),
+        ));
+    }
+    if r.idempotency_key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(invalid(
+            "idempotency_key",
+            format!("{} characters exceed the limit of {MAX_IDEMPOTENCY_KEY}", r.idempotency_key.len()),
+        ));
+    }
+    labels("labels", &r.labels)?;
+    if !(-1000..=1000).contains(&r.priority) {
+        return Err(invalid("priority", format!("{} is not between -1000 and 1000", r.priority)));
+    }
+    let max_attempts = match r.max_attempts {
+        0 => DEFAULT_MAX_ATTEMPTS,
+        n if (1..=MAX_ATTEMPTS).contains(&n) => n,
+        n => {
+            return Err(invalid(
+                "max_attempts",
+                format!("{n} is not between 1 and {MAX_ATTEMPTS} (0 means the default, {DEFAULT_MAX_ATTEMPTS})"),
+            ));
+        }
+    };
+    let timeout = duration("timeout", r.timeout, MAX_TIMEOUT)?;
+    if timeout == Some(Duration::ZERO) {
+        return Err(invalid("timeout", "must be positive (leave it unset for no timeout)"));
+    }
+    if let Some(at) = r.schedule_time {
+        let when = SystemTime::try_from(at)
+            .map_err(|_| invalid("schedule_time", "not a valid timestamp"))?;
+        if when > SystemTime::now() + MAX_SCHEDULE_AHEAD {
+            return Err(invalid("schedule_time", "more than 365 days ahead"));
+        }
+    }
+    Ok(pb::CreateJobRequest {
+        tenant: tenant.to_owned(),
+        task: r.task,
+        args: Some(args),
+        idempotency_key: r.idempotency_key,
+        labels: r.labels,
+        priority: r.priority,
+        max_attempts,
+        timeout: r.timeout,
+        schedule_time: r.schedule_time,
+        retry_policy: retry_policy(r.retry_policy)?,
+    })
+}
+
+/// A ListJobs request turned into job-store's ListJobs for `tenant`.
+pub(crate) fn list(tenant: &str, r: v1::ListJobsRequest) -> Result<pb::ListJobsRequest, Status> {
+    let page_size = match r.page_size {
+        0 => DEFAULT_PAGE_SIZE,
+        n if n < 0 => return Err(invalid("page_size", format!("{n} is negative"))),
+        n => n.min(MAX_PAGE_SIZE),
+    };
+    if !r.task.is_empty() {
+        task(&r.task)?;
+    }
+    if v1::JobState::try_from(r.state).is_err() {
+        return Err(invalid("state", format!("{} is not a JobState", r.state)));
+    }
+    let mut filter = HashMap::with_capacity(r.labels.len());
+    for entry in &r.labels {
+        let (key, value) = entry
+            .split_once('=')
+            .ok_or_else(|| invalid("labels", format!("{entry:?} is not written key=value")))?;
+        filter.insert(key.to_owned(), value.to_owned());
+    }
+    labels("labels", &filter)?;
+    Ok(pb::ListJobsRequest {
+        tenant: tenant.to_owned(),
+        page_size,
+        page_token: r.page_token,
+        task: r.task,
+        state: r.state,
+        labels: filter,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(task: &str) -> v1::SubmitJobRequest {
+        v1::SubmitJobRequest {
+            task: task.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = submit("t", request("bad task")).expect_err("bad task");
+        assert!(e.message().starts_with("task: "), "{}", e.message());
+        let mut r = request("ok");
+        r.max_attempts = 101;
+        assert!(submit("t", r).expect_err("attempts").message().starts_with("max_attempts: "));
+        let mut r = request("ok");
+        r.labels.insert("bad key".into(), "v".into());
+        assert!(submit("t", r).expect_err("labels").message().starts_with("labels: "));
+        assert_eq!(submit("t", request("ok")).expect("valid").max_attempts, DEFAULT_MAX_ATTEMPTS);
+    }
+}
