@@ -226,7 +226,7 @@ impl Store {
         let client = self.pool.get().await?;
         let sql = format!(
             "UPDATE jobs SET state = 'running', worker_id = $3, lease_ms = $4,
-                lease_expires_at = now() + $4 * interval '1 millisecond',
+                lease_expires_at = now() + $4::bigint * interval '1 millisecond',
                 start_time = coalesce(start_time, now()), progress_percent = 0,
                 progress_message = '', update_time = now(), version = version + 1
              WHERE id = $1 AND attempt = $2 AND state = 'queued'
@@ -256,7 +256,7 @@ impl Store {
         let numbers: Vec<i32> = attempts.iter().map(|(_, a)| *a).collect();
         let rows = client
             .query(
-                "UPDATE jobs j SET lease_expires_at = now() + $3 * interval '1 millisecond'
+                "UPDATE jobs j SET lease_expires_at = now() + $3::bigint * interval '1 millisecond'
                  FROM unnest($1::uuid[], $2::integer[]) AS i(id, attempt)
                  WHERE j.id = i.id AND j.attempt = i.attempt AND j.state = 'running'
                  RETURNING j.id, j.attempt, j.cancel_requested",
@@ -357,7 +357,7 @@ impl Store {
             let rows = tx.query(&sql, &[&id, &message]).await?;
             tx.execute(
                 "INSERT INTO outbox (job_id, attempt, task, available_at)
-                 VALUES ($1, $2, $3, now() + $4 * interval '1 millisecond')",
+                 VALUES ($1, $2, $3, now() + $4::bigint * interval '1 millisecond')",
                 &[&id, &(attempt + 1), &job.task, &ms(backoff)],
             )
             .await?;
@@ -435,7 +435,7 @@ impl Store {
                 error_retryable = false, error_attempt = attempt, update_time = now(),
                 version = version + 1
              WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND cancel_requested
-                 AND cancel_request_time < now() - $1 * interval '1 millisecond' LIMIT $2)
+                 AND cancel_request_time < now() - $1::bigint * interval '1 millisecond' LIMIT $2)
              RETURNING {JOB_COLUMNS}"
         );
         let rows = client.query(&sql, &[&ms(grace), &limit]).await?;

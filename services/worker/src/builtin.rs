@@ -29,9 +29,11 @@ async fn sleep(ctx: JobContext) -> Result<serde_json::Value, TaskError> {
     };
     let steps = match ctx.args.get("steps") {
         None => 10,
+        // JSON numbers arrive as floats through protobuf Struct: accept 4.0 as 4.
         Some(v) => v
-            .as_u64()
-            .filter(|s| (1..=10_000).contains(s))
+            .as_f64()
+            .filter(|s| s.fract() == 0.0 && (1.0..=10_000.0).contains(s))
+            .map(|s| s as u64)
             .ok_or_else(|| TaskError::permanent(format!("args.steps: {v} is not an integer between 1 and 10000")))?,
     };
     let step = Duration::from_secs_f64(seconds / steps as f64);
