@@ -31,6 +31,10 @@ const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 const MAX_TASKS: usize = 256;
 /// Most slots one worker may have.
 const MAX_SLOTS: i32 = 10_000;
+/// Most report lanes per worker session.
+const LANES: usize = 32;
+/// Reports buffered per lane before the worker's stream is read more slowly.
+const LANE_BUFFER: usize = 64;
 /// Longest progress message and log line kept.
 const MAX_TEXT: usize = 4096;
 
@@ -114,7 +118,7 @@ impl WorkerService for WorkerGrpc {
         tracing::info!(worker_id, tasks = ?hello.tasks, slots, "worker connected");
         let ctx = Arc::clone(&self.ctx);
         self.ctx.tracker.spawn(async move {
-            serve_session(&ctx, session, &worker_id, inbound, tx).await;
+            serve_session(&ctx, session, &worker_id, inbound, tx, slots).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx).map_ok())))
     }
@@ -130,13 +134,52 @@ impl MapOk for ReceiverStream<ConnectResponse> {
     }
 }
 
+/// The job a report is about, if it is about one.
+fn job_of(message: &connect_request::Message) -> Option<&str> {
+    use connect_request::Message as M;
+    match message {
+        M::Progress(p) => Some(&p.job_id),
+        M::Succeeded(s) => Some(&s.job_id),
+        M::Failed(f) => Some(&f.job_id),
+        M::Cancelled(c) => Some(&c.job_id),
+        M::Hello(_) | M::Heartbeat(_) | M::Log(_) => None,
+    }
+}
+
+fn lane_of(job_id: &str, lanes: usize) -> usize {
+    // FNV-1a: cheap and stable; only spreads jobs over lanes.
+    let hash = job_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % lanes as u64) as usize
+}
+
 async fn serve_session(
-    ctx: &Context,
+    ctx: &Arc<Context>,
     session: SessionId,
     worker_id: &str,
     mut inbound: Streaming<ConnectRequest>,
     tx: mpsc::Sender<ConnectResponse>,
+    slots: usize,
 ) {
+    // Reports of one job are forwarded in order (same lane); reports of different
+    // jobs go through up to LANES lanes at once, so one slow write does not hold
+    // back every other job of the worker.
+    let lanes_count = slots.clamp(1, LANES);
+    let lane_tasks = tokio_util::task::TaskTracker::new();
+    let mut lanes = Vec::with_capacity(lanes_count);
+    for _ in 0..lanes_count {
+        let (lane_tx, mut lane_rx) = mpsc::channel::<connect_request::Message>(LANE_BUFFER);
+        let ctx = Arc::clone(ctx);
+        let tx = tx.clone();
+        lane_tasks.spawn(async move {
+            while let Some(message) = lane_rx.recv().await {
+                handle(&ctx, session, &tx, message).await;
+            }
+        });
+        lanes.push(lane_tx);
+    }
+    lane_tasks.close();
     let reason = loop {
         let message = tokio::select! {
             _ = ctx.shutdown.cancelled() => break "the dispatcher is shutting down".to_owned(),
@@ -145,12 +188,22 @@ async fn serve_session(
         match message {
             Ok(Some(ConnectRequest {
                 message: Some(message),
-            })) => handle(ctx, session, &tx, message).await,
+            })) => match job_of(&message).map(|job| lane_of(job, lanes.len())) {
+                Some(lane) => {
+                    if lanes[lane].send(message).await.is_err() {
+                        break "a report lane stopped".to_owned();
+                    }
+                }
+                None => handle(ctx, session, &tx, message).await,
+            },
             Ok(Some(ConnectRequest { message: None })) => {}
             Ok(None) => break "the worker closed its stream".to_owned(),
             Err(status) => break format!("the worker's stream broke: {}", status.message()),
         }
     };
+    // Let the reports already received reach job-store before releasing the rest.
+    drop(lanes);
+    lane_tasks.wait().await;
     let held = ctx.registry.unregister(session);
     tracing::info!(worker_id, held = held.len(), reason, "worker disconnected");
     for (job_id, attempt) in held {
