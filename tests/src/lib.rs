@@ -1,0 +1,295 @@
+//! A mesh for tests: job-store, dispatcher, gateway and workers started in-process
+//! as tokio tasks on `127.0.0.1:0`, talking real gRPC to each other, against the
+//! real PostgreSQL (a fresh database per mesh) and the real NATS JetStream (a
+//! unique name prefix per mesh). Nothing is mocked.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use jobmesh_proto::internal::job_store_service_client::JobStoreServiceClient;
+use jobmesh_proto::v1::job_service_client::JobServiceClient;
+use jobmesh_proto::v1::task_service_client::TaskServiceClient;
+use jobmesh_proto::v1::{self, JobState};
+use jobmesh_runtime::NatsConfig;
+use jobmesh_worker::Handlers;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// PostgreSQL server used by tests (`JOBMESH_TEST_POSTGRES`, default local).
+pub fn postgres_server() -> String {
+    std::env::var("JOBMESH_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+}
+
+/// NATS server used by tests (`JOBMESH_TEST_NATS`, default local).
+pub fn nats_server() -> String {
+    std::env::var("JOBMESH_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// One worker of a test mesh.
+pub struct WorkerSpec {
+    pub worker_id: String,
+    pub slots: u32,
+    pub handlers: Handlers,
+}
+
+impl WorkerSpec {
+    /// A worker with the built-in tasks.
+    pub fn builtin(worker_id: &str, slots: u32) -> Self {
+        Self {
+            worker_id: worker_id.to_owned(),
+            slots,
+            handlers: Handlers::builtin(),
+        }
+    }
+}
+
+/// What to start.
+pub struct MeshOptions {
+    pub workers: Vec<WorkerSpec>,
+    /// Lease length given by the dispatcher (milliseconds).
+    pub lease_ms: u64,
+}
+
+impl Default for MeshOptions {
+    fn default() -> Self {
+        Self {
+            workers: vec![WorkerSpec::builtin("worker-1", 8)],
+            lease_ms: 15_000,
+        }
+    }
+}
+
+/// A running mesh.
+pub struct Mesh {
+    pub gateway_url: String,
+    pub job_store_url: String,
+    pub dispatcher_url: String,
+    pub database: String,
+    pub nats: NatsConfig,
+    edge: CancellationToken,
+    core: CancellationToken,
+    store_stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    store_task: Option<JoinHandle<Result<(), jobmesh_job_store::RunError>>>,
+}
+
+async fn listener() -> anyhow::Result<(TcpListener, String)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    Ok((listener, url))
+}
+
+/// Installs a test log subscriber once (`RUST_LOG`, default warnings).
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+impl Mesh {
+    /// Starts a mesh and waits until its gateway answers.
+    pub async fn start(options: MeshOptions) -> anyhow::Result<Mesh> {
+        init_logs();
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let database = format!("jobmesh_test_{}", &suffix[..16]);
+        let nats = NatsConfig {
+            url: nats_server(),
+            prefix: format!("t{}", &suffix[..16]),
+        };
+        let (store_listener, job_store_url) = listener().await?;
+        let (dispatcher_listener, dispatcher_url) = listener().await?;
+        let (gateway_listener, gateway_url) = listener().await?;
+        let edge = CancellationToken::new();
+        let core = CancellationToken::new();
+        let store_stop = CancellationToken::new();
+
+        let store_config = jobmesh_job_store::Config::new(
+            format!("{}/{database}", postgres_server()),
+            nats.clone(),
+        );
+        let store_task = tokio::spawn(jobmesh_job_store::run(
+            store_config,
+            store_listener,
+            store_stop.clone(),
+        ));
+        let mut dispatcher_config =
+            jobmesh_dispatcher::Config::new(job_store_url.clone(), nats.clone());
+        dispatcher_config.lease_ms = options.lease_ms;
+        let mut tasks = Vec::new();
+        let stop = core.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(error) =
+                jobmesh_dispatcher::run(dispatcher_config, dispatcher_listener, stop).await
+            {
+                panic!("dispatcher failed: {error}");
+            }
+        }));
+        let gateway_config =
+            jobmesh_gateway::Config::new(job_store_url.clone(), dispatcher_url.clone());
+        let stop = edge.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(error) = jobmesh_gateway::run(gateway_config, gateway_listener, stop).await {
+                panic!("gateway failed: {error}");
+            }
+        }));
+        let mut mesh = Mesh {
+            gateway_url,
+            job_store_url,
+            dispatcher_url,
+            database,
+            nats,
+            edge,
+            core,
+            store_stop,
+            tasks,
+            store_task: Some(store_task),
+        };
+        for spec in options.workers {
+            mesh.add_worker(spec);
+        }
+        mesh.wait_ready().await?;
+        Ok(mesh)
+    }
+
+    /// Starts one more worker; it stops with the mesh.
+    pub fn add_worker(&mut self, spec: WorkerSpec) {
+        let mut config = jobmesh_worker::Config::new(self.dispatcher_url.clone());
+        config.worker_id = Some(spec.worker_id);
+        config.slots = spec.slots;
+        config.shutdown_grace_ms = 2_000;
+        let stop = self.edge.clone();
+        self.tasks.push(tokio::spawn(async move {
+            if let Err(error) = jobmesh_worker::run_with(config, spec.handlers, stop).await {
+                panic!("worker failed: {error}");
+            }
+        }));
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let mut jobs = self.jobs();
+        for _ in 0..300 {
+            if let Some(task) = &self.store_task {
+                if task.is_finished() {
+                    let result = self.store_task.take().context("store task")?.await?;
+                    bail!(
+                        "job-store did not start: {}\n(PostgreSQL: `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`; NATS: `nats-server -js`)",
+                        result.err().map(|e| e.to_string()).unwrap_or_default()
+                    );
+                }
+            }
+            let probe = jobs
+                .list_jobs(v1::ListJobsRequest {
+                    page_size: 1,
+                    ..Default::default()
+                })
+                .await;
+            if probe.is_ok() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("the mesh did not become ready within 30s")
+    }
+
+    /// A client of the public job API.
+    pub fn jobs(&self) -> JobServiceClient<Channel> {
+        JobServiceClient::new(channel(&self.gateway_url))
+    }
+
+    /// A client of the public task API.
+    pub fn tasks(&self) -> TaskServiceClient<Channel> {
+        TaskServiceClient::new(channel(&self.gateway_url))
+    }
+
+    /// A client of job-store's internal API (for fencing tests).
+    pub fn job_store(&self) -> JobStoreServiceClient<Channel> {
+        JobStoreServiceClient::new(channel(&self.job_store_url))
+    }
+
+    /// Submits a job and returns it.
+    pub async fn submit(&self, request: v1::SubmitJobRequest) -> anyhow::Result<v1::Job> {
+        let response = self.jobs().submit_job(request).await?;
+        response.into_inner().job.context("no job in the reply")
+    }
+
+    /// Watches a job to its end and returns every event.
+    pub async fn watch(&self, job_id: &str, limit: Duration) -> anyhow::Result<Vec<v1::Job>> {
+        let mut stream = self
+            .jobs()
+            .watch_job(v1::WatchJobRequest {
+                job_id: job_id.to_owned(),
+            })
+            .await?
+            .into_inner();
+        let mut events = Vec::new();
+        tokio::time::timeout(limit, async {
+            while let Some(event) = stream.message().await? {
+                events.push(event.job.context("event without job")?);
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+        .await
+        .with_context(|| format!("job {job_id} not finished within {limit:?}: {events:?}"))??;
+        Ok(events)
+    }
+
+    /// Waits for a job's terminal state.
+    pub async fn finished(&self, job_id: &str, limit: Duration) -> anyhow::Result<v1::Job> {
+        let events = self.watch(job_id, limit).await?;
+        let last = events.last().cloned().context("no events")?;
+        if !last.state().is_terminal() {
+            bail!("watch of {job_id} ended before a terminal state: {last:?}");
+        }
+        Ok(last)
+    }
+
+    /// Stops every service (edge first), then drops the database and the stream.
+    pub async fn stop(mut self) {
+        self.edge.cancel();
+        self.core.cancel();
+        for task in self.tasks.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+        self.store_stop.cancel();
+        if let Some(task) = self.store_task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+        self.cleanup().await;
+    }
+
+    async fn cleanup(&self) {
+        if let Ok((client, connection)) = tokio_postgres::connect(
+            &format!("{}/postgres", postgres_server()),
+            tokio_postgres::NoTls,
+        )
+        .await
+        {
+            tokio::spawn(connection);
+            let _ = client
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                    self.database
+                ))
+                .await;
+        }
+        if let Ok(client) = async_nats::connect(&self.nats.url).await {
+            let js = async_nats::jetstream::new(client);
+            let _ = js.delete_stream(self.nats.stream_name()).await;
+        }
+    }
+}
+
+fn channel(url: &str) -> Channel {
+    jobmesh_runtime::grpc::streaming_channel(url).expect("a valid loopback url")
+}
+
+/// Whether `state` is `expected`, for readable assertions.
+pub fn state_of(job: &v1::Job) -> JobState {
+    job.state()
+}

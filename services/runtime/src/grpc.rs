@@ -17,13 +17,19 @@ pub const INTERNAL_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// A server with the settings every service uses: HTTP/2 keepalive so that dead
 /// peers (a worker whose machine vanished) are noticed, and a bound on concurrent
 /// streams per connection.
-pub fn server() -> Server {
+pub fn server() -> Server<tower::layer::util::Stack<tower::util::MapResponseLayer<DecodeFix>, tower::layer::util::Identity>> {
     Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .tcp_nodelay(true)
         .max_concurrent_streams(Some(1024))
+        .layer(tower::util::MapResponseLayer::new(
+            decode_errors_are_invalid_argument as DecodeFix,
+        ))
 }
+
+/// The response mapper installed by [`server`].
+pub type DecodeFix = fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>;
 
 /// A lazily-connecting channel to another jobmesh service (`http://host:port`).
 /// Connection failures surface as `UNAVAILABLE` on each call, and the channel
@@ -100,4 +106,23 @@ pub fn forward<T>(incoming: &tonic::metadata::MetadataMap, message: T) -> tonic:
         request.set_timeout(deadline);
     }
     request
+}
+
+/// tonic answers a request it cannot decode (bad wire format, nesting past prost's
+/// recursion limit) with `INTERNAL`; the fault is the caller's, so the answer is
+/// `INVALID_ARGUMENT`. Applied to every server with
+/// `tower::util::MapResponseLayer::new(decode_errors_are_invalid_argument)`.
+pub fn decode_errors_are_invalid_argument(
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let headers = response.headers_mut();
+    let internal = headers.get("grpc-status").is_some_and(|v| v == "13");
+    let decode = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .is_some_and(|m| m.starts_with("failed%20to%20decode"));
+    if internal && decode {
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+    }
+    response
 }

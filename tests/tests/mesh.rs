@@ -1,0 +1,467 @@
+//! The mesh end to end over real gRPC, PostgreSQL and NATS JetStream.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use jobmesh_proto::json::{json_to_struct, struct_to_json};
+use jobmesh_proto::v1::{self, JobState};
+use jobmesh_tests::{Mesh, MeshOptions, WorkerSpec};
+use jobmesh_worker::{Handlers, TaskError};
+use serde_json::json;
+use tonic::Code;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn args(value: serde_json::Value) -> Option<prost_types::Struct> {
+    Some(json_to_struct(value.as_object().expect("an object")))
+}
+
+fn submit(task: &str, value: serde_json::Value) -> v1::SubmitJobRequest {
+    v1::SubmitJobRequest {
+        task: task.to_owned(),
+        args: args(value),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_shows_snapshot_then_running_progress_and_result() -> anyhow::Result<()> {
+    let mesh = Mesh::start(MeshOptions::default()).await?;
+    // Scheduled a second ahead so the watch surely starts while the job is queued.
+    let mut request = submit("demo.sleep", json!({"seconds": 0.5, "steps": 5}));
+    request.schedule_time = Some((SystemTime::now() + Duration::from_secs(1)).into());
+    let job = mesh.submit(request).await?;
+    assert_eq!(job.state(), JobState::Queued);
+    assert_eq!(job.attempt, 1);
+
+    let events = mesh.watch(&job.id, LIMIT).await?;
+    let first = &events[0];
+    assert_eq!(first.state(), JobState::Queued, "snapshot first: {first:?}");
+    assert_eq!(first.version, job.version);
+    let versions: Vec<i64> = events.iter().map(|e| e.version).collect();
+    assert!(
+        versions.windows(2).all(|w| w[1] > w[0]),
+        "versions strictly increase: {versions:?}"
+    );
+    assert!(events.iter().any(|e| e.state() == JobState::Running));
+    let percents: Vec<i32> = events
+        .iter()
+        .filter(|e| e.state() == JobState::Running)
+        .filter_map(|e| e.progress.as_ref().map(|p| p.percent))
+        .collect();
+    assert!(
+        percents.windows(2).all(|w| w[1] >= w[0]),
+        "progress never goes back: {percents:?}"
+    );
+    for step in [20, 40, 60, 80, 100] {
+        assert!(percents.contains(&step), "progress {step}% seen live: {percents:?}");
+    }
+    let last = events.last().expect("events");
+    assert_eq!(last.state(), JobState::Succeeded);
+    let result = struct_to_json(last.result.as_ref().expect("a result"));
+    assert_eq!(serde_json::Value::Object(result), json!({"slept_seconds": 0.5, "steps": 5.0}));
+    assert!(last.finish_time.is_some() && last.start_time.is_some());
+
+    // A watcher that comes after the end gets the final snapshot, then the end.
+    let late = mesh.watch(&job.id, LIMIT).await?;
+    assert_eq!(late.len(), 1);
+    assert_eq!(late[0].version, last.version);
+    assert_eq!(late[0].state(), JobState::Succeeded);
+
+    // GetJob agrees with the last event.
+    let got = mesh
+        .jobs()
+        .get_job(v1::GetJobRequest { job_id: job.id.clone() })
+        .await?
+        .into_inner()
+        .job
+        .expect("job");
+    assert_eq!(got, *last);
+    mesh.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_pages_through_250_jobs_each_exactly_once_newest_first() -> anyhow::Result<()> {
+    let mesh = Mesh::start(MeshOptions::default()).await?;
+    // No worker offers this task, so the jobs stay queued while we page.
+    let mut submitted = Vec::new();
+    for chunk in 0..25 {
+        let mut batch = Vec::new();
+        for n in 0..10 {
+            let mut request = submit("nobody.runs_this", json!({"n": chunk * 10 + n}));
+            request.labels = [("batch".to_owned(), (chunk % 2).to_string())].into();
+            batch.push(mesh.submit(request));
+        }
+        for job in futures::future::join_all(batch).await {
+            submitted.push(job?.id);
+        }
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = mesh
+            .jobs()
+            .list_jobs(v1::ListJobsRequest {
+                page_size: 40,
+                page_token: token.clone(),
+                task: "nobody.runs_this".to_owned(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        pages += 1;
+        assert!(page.jobs.len() <= 40);
+        seen.extend(page.jobs.iter().map(|j| j.id.clone()));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(pages, 7, "250 jobs in pages of 40");
+    assert_eq!(seen.len(), 250);
+    let unique: HashSet<_> = seen.iter().collect();
+    assert_eq!(unique.len(), 250, "no job twice");
+    assert_eq!(unique, submitted.iter().collect::<HashSet<_>>(), "every job once");
+    let mut newest_first = seen.clone();
+    newest_first.sort_by(|a, b| b.cmp(a));
+    assert_eq!(seen, newest_first, "newest first (UUIDv7 order)");
+
+    // Filters: state, label, and a task nobody submitted.
+    let list = |request: v1::ListJobsRequest| {
+        let mut client = mesh.jobs();
+        async move { client.list_jobs(request).await.map(|r| r.into_inner()) }
+    };
+    let queued = list(v1::ListJobsRequest {
+        page_size: 1000,
+        state: JobState::Queued as i32,
+        ..Default::default()
+    })
+    .await?;
+    assert_eq!(queued.jobs.len(), 250);
+    let labelled = list(v1::ListJobsRequest {
+        page_size: 1000,
+        labels: vec!["batch=1".to_owned()],
+        ..Default::default()
+    })
+    .await?;
+    assert_eq!(labelled.jobs.len(), 120);
+    assert!(labelled.jobs.iter().all(|j| j.labels["batch"] == "1"));
+    let none = list(v1::ListJobsRequest {
+        task: "other.task".to_owned(),
+        ..Default::default()
+    })
+    .await?;
+    assert!(none.jobs.is_empty() && none.next_page_token.is_empty());
+
+    // A token is bound to its filters.
+    let first = list(v1::ListJobsRequest {
+        page_size: 10,
+        ..Default::default()
+    })
+    .await?;
+    let mismatch = list(v1::ListJobsRequest {
+        page_size: 10,
+        page_token: first.next_page_token,
+        state: JobState::Running as i32,
+        ..Default::default()
+    })
+    .await
+    .expect_err("token used with other filters");
+    assert_eq!(mismatch.code(), Code::InvalidArgument);
+    assert!(mismatch.message().starts_with("page_token: "), "{}", mismatch.message());
+    mesh.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_tasks_end_failed_with_their_message_after_their_attempts() -> anyhow::Result<()> {
+    let mesh = Mesh::start(MeshOptions::default()).await?;
+    let permanent = mesh
+        .submit(submit("demo.fail", json!({"message": "disk on fire"})))
+        .await?;
+    let mut flaky = submit("demo.fail", json!({"message": "try again", "retryable": true}));
+    flaky.max_attempts = 2;
+    flaky.retry_policy = Some(v1::RetryPolicy {
+        initial_backoff: Some(prost_types::Duration { seconds: 0, nanos: 100_000_000 }),
+        ..Default::default()
+    });
+    let flaky = mesh.submit(flaky).await?;
+
+    let done = mesh.finished(&permanent.id, LIMIT).await?;
+    assert_eq!(done.state(), JobState::Failed);
+    let error = done.error.expect("an error");
+    assert_eq!(error.message, "disk on fire");
+    assert!(!error.retryable);
+    assert_eq!(done.attempt, 1, "a non-retryable failure is not retried");
+
+    let events = mesh.watch(&flaky.id, LIMIT).await?;
+    let last = events.last().expect("events");
+    assert_eq!(last.state(), JobState::Failed);
+    assert_eq!(last.attempt, 2, "retried up to max_attempts");
+    assert_eq!(last.error.as_ref().expect("error").message, "try again");
+    assert!(last.result.is_none());
+    mesh.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_get_precise_codes_and_create_nothing() -> anyhow::Result<()> {
+    let mesh = Mesh::start(MeshOptions {
+        workers: vec![],
+        ..Default::default()
+    })
+    .await?;
+    let mut jobs = mesh.jobs();
+    let deep = (0..33).fold(json!(1), |inner, _| json!({ "a": inner }));
+    let far_too_deep = (0..60).fold(json!(1), |inner, _| json!({ "a": inner }));
+    let big = json!({ "blob": "x".repeat(300 * 1024) });
+    let cases: Vec<(&str, v1::SubmitJobRequest, &str)> = vec![
+        ("empty task", submit("", json!({})), "task: required"),
+        ("task with a space", submit("demo echo", json!({})), "task: \"demo echo\" is not a task name"),
+        ("wildcard task", submit("demo.*", json!({})), "task: "),
+        ("args too large", submit("demo.echo", big), "args: "),
+        ("args too deep", submit("demo.echo", deep), "args: nested 33 levels deep, over the limit of 32"),
+        // Past prost's decoding recursion limit: refused while decoding.
+        ("args far too deep", submit("demo.echo", far_too_deep), "failed to decode"),
+        (
+            "bad label key",
+            v1::SubmitJobRequest {
+                labels: [("no spaces".to_owned(), "v".to_owned())].into(),
+                ..submit("demo.echo", json!({}))
+            },
+            "labels: key \"no spaces\"",
+        ),
+        (
+            "too many attempts",
+            v1::SubmitJobRequest { max_attempts: 101, ..submit("demo.echo", json!({})) },
+            "max_attempts: 101",
+        ),
+        (
+            "negative attempts",
+            v1::SubmitJobRequest { max_attempts: -1, ..submit("demo.echo", json!({})) },
+            "max_attempts: -1",
+        ),
+        (
+            "priority out of range",
+            v1::SubmitJobRequest { priority: 5000, ..submit("demo.echo", json!({})) },
+            "priority: 5000",
+        ),
+        (
+            "negative timeout",
+            v1::SubmitJobRequest {
+                timeout: Some(prost_types::Duration { seconds: -1, nanos: 0 }),
+                ..submit("demo.echo", json!({}))
+            },
+            "timeout: ",
+        ),
+        (
+            "jitter above 1",
+            v1::SubmitJobRequest {
+                retry_policy: Some(v1::RetryPolicy { jitter: 2.0, ..Default::default() }),
+                ..submit("demo.echo", json!({}))
+            },
+            "retry_policy.jitter: 2",
+        ),
+    ];
+    for (name, request, message) in cases {
+        let status = jobs.submit_job(request).await.expect_err(name);
+        assert_eq!(status.code(), Code::InvalidArgument, "{name}: {status:?}");
+        assert!(
+            status.message().starts_with(message),
+            "{name}: {:?} should start with {message:?}",
+            status.message()
+        );
+    }
+
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let get = jobs.get_job(v1::GetJobRequest { job_id: "nope".into() }).await.expect_err("bad id");
+    assert_eq!(get.code(), Code::InvalidArgument);
+    assert_eq!(get.message(), "job_id: \"nope\" is not a job id (a UUID)");
+    let get = jobs.get_job(v1::GetJobRequest { job_id: unknown.clone() }).await.expect_err("unknown");
+    assert_eq!(get.code(), Code::NotFound);
+    assert_eq!(get.message(), format!("job {unknown} not found"));
+    let cancel = jobs
+        .cancel_job(v1::CancelJobRequest { job_id: unknown.clone() })
+        .await
+        .expect_err("unknown");
+    assert_eq!(cancel.code(), Code::NotFound);
+    let watch = jobs
+        .watch_job(v1::WatchJobRequest { job_id: unknown.clone() })
+        .await
+        .expect_err("unknown");
+    assert_eq!(watch.code(), Code::NotFound);
+    let empty = jobs.get_job(v1::GetJobRequest::default()).await.expect_err("empty");
+    assert_eq!((empty.code(), empty.message()), (Code::InvalidArgument, "job_id: required"));
+    for (request, message) in [
+        (v1::ListJobsRequest { page_size: -1, ..Default::default() }, "page_size: -1 is negative"),
+        (
+            v1::ListJobsRequest { page_token: "garbage".into(), ..Default::default() },
+            "page_token: not a token returned by ListJobs",
+        ),
+        (
+            v1::ListJobsRequest { labels: vec!["novalue".into()], ..Default::default() },
+            "labels: \"novalue\" is not written key=value",
+        ),
+        (v1::ListJobsRequest { state: 42, ..Default::default() }, "state: 42 is not a JobState"),
+    ] {
+        let status = jobs.list_jobs(request).await.expect_err(message);
+        assert_eq!(status.code(), Code::InvalidArgument, "{message}");
+        assert_eq!(status.message(), message);
+    }
+
+    // Nothing was created by any of it.
+    let all = jobs
+        .list_jobs(v1::ListJobsRequest { page_size: 1000, ..Default::default() })
+        .await?
+        .into_inner();
+    assert!(all.jobs.is_empty(), "bad requests created jobs: {:?}", all.jobs);
+    mesh.stop().await;
+    Ok(())
+}
+
+/// Counts jobs running at once, overall and per worker, and the peaks.
+#[derive(Default)]
+struct Gauge {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl Gauge {
+    fn enter(&self) {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+    }
+    fn leave(&self) {
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
+    fn peak(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
+}
+
+fn gauged(total: Arc<Gauge>, mine: Arc<Gauge>) -> Handlers {
+    let mut handlers = Handlers::new();
+    handlers.register("test.gauged", move |_ctx| {
+        let (total, mine) = (Arc::clone(&total), Arc::clone(&mine));
+        async move {
+            total.enter();
+            mine.enter();
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            mine.leave();
+            total.leave();
+            Ok::<_, TaskError>(json!({}))
+        }
+    });
+    handlers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_with_two_slots_never_hold_more_than_four_jobs() -> anyhow::Result<()> {
+    let total = Arc::new(Gauge::default());
+    let (a, b) = (Arc::new(Gauge::default()), Arc::new(Gauge::default()));
+    let mesh = Mesh::start(MeshOptions {
+        workers: vec![
+            WorkerSpec { worker_id: "a".into(), slots: 2, handlers: gauged(Arc::clone(&total), Arc::clone(&a)) },
+            WorkerSpec { worker_id: "b".into(), slots: 2, handlers: gauged(Arc::clone(&total), Arc::clone(&b)) },
+        ],
+        ..Default::default()
+    })
+    .await?;
+    let mut ids = Vec::new();
+    for _ in 0..24 {
+        ids.push(mesh.submit(submit("test.gauged", json!({}))).await?.id);
+    }
+    for id in &ids {
+        let job = mesh.finished(id, LIMIT).await?;
+        assert_eq!(job.state(), JobState::Succeeded, "{job:?}");
+    }
+    assert!(a.peak() <= 2 && b.peak() <= 2, "per worker: {} and {}", a.peak(), b.peak());
+    assert_eq!(total.peak(), 4, "4 slots are used, never more");
+    let tasks = mesh.tasks().list_tasks(v1::ListTasksRequest {}).await?.into_inner();
+    let gauged = tasks.tasks.iter().find(|t| t.name == "test.gauged").expect("task listed");
+    assert_eq!((gauged.workers, gauged.slots, gauged.free_slots, gauged.queue_depth), (2, 4, 4, 0));
+    mesh.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_queued_and_running_jobs_and_is_idempotent() -> anyhow::Result<()> {
+    let mesh = Mesh::start(MeshOptions::default()).await?;
+    let mut jobs = mesh.jobs();
+    // Queued: no worker offers the task; it ends CANCELLED at once and never runs.
+    let queued = mesh.submit(submit("nobody.runs_this", json!({}))).await?;
+    let cancelled = jobs
+        .cancel_job(v1::CancelJobRequest { job_id: queued.id.clone() })
+        .await?
+        .into_inner()
+        .job
+        .expect("job");
+    assert_eq!(cancelled.state(), JobState::Cancelled);
+    let again = jobs
+        .cancel_job(v1::CancelJobRequest { job_id: queued.id.clone() })
+        .await?
+        .into_inner()
+        .job
+        .expect("job");
+    assert_eq!(again.version, cancelled.version, "cancelling twice changes nothing");
+
+    // Running: the worker is told, stops, and the job ends CANCELLED.
+    let running = mesh
+        .submit(submit("demo.sleep", json!({"seconds": 60, "steps": 60})))
+        .await?;
+    let mut stream = jobs
+        .watch_job(v1::WatchJobRequest { job_id: running.id.clone() })
+        .await?
+        .into_inner();
+    while let Some(event) = stream.message().await? {
+        if event.job.is_some_and(|j| j.state() == JobState::Running) {
+            break;
+        }
+    }
+    let requested = jobs
+        .cancel_job(v1::CancelJobRequest { job_id: running.id.clone() })
+        .await?
+        .into_inner()
+        .job
+        .expect("job");
+    assert!(requested.cancel_requested || requested.state() == JobState::Cancelled);
+    let done = mesh.finished(&running.id, Duration::from_secs(10)).await?;
+    assert_eq!(done.state(), JobState::Cancelled);
+    assert!(done.result.is_none());
+
+    // Finished jobs cannot be cancelled.
+    let echo = mesh.submit(submit("demo.echo", json!({"x": 1}))).await?;
+    assert_eq!(mesh.finished(&echo.id, LIMIT).await?.state(), JobState::Succeeded);
+    let late = jobs
+        .cancel_job(v1::CancelJobRequest { job_id: echo.id.clone() })
+        .await
+        .expect_err("already succeeded");
+    assert_eq!(late.code(), Code::FailedPrecondition);
+    assert_eq!(late.message(), format!("job {} already succeeded", echo.id));
+    mesh.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resubmitting_with_an_idempotency_key_returns_the_first_job() -> anyhow::Result<()> {
+    let mesh = Mesh::start(MeshOptions::default()).await?;
+    let mut request = submit("demo.echo", json!({"n": 1}));
+    request.idempotency_key = "order-42".to_owned();
+    let first = mesh.submit(request.clone()).await?;
+    let second = mesh.submit(request).await?;
+    assert_eq!(first.id, second.id);
+    let done = mesh.finished(&first.id, LIMIT).await?;
+    assert_eq!(done.state(), JobState::Succeeded);
+    let all = mesh
+        .jobs()
+        .list_jobs(v1::ListJobsRequest::default())
+        .await?
+        .into_inner();
+    assert_eq!(all.jobs.len(), 1, "one job for one key");
+    mesh.stop().await;
+    Ok(())
+}
