@@ -16,7 +16,12 @@ use crate::output;
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct GatewayAddr {
     /// Gateway address.
-    #[arg(long, env = "JOBMESH_GATEWAY_URL", default_value = "http://127.0.0.1:50051", global = true)]
+    #[arg(
+        long,
+        env = "JOBMESH_GATEWAY_URL",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
     pub(crate) gateway: String,
 }
 
@@ -99,8 +104,9 @@ fn status(error: tonic::Status) -> anyhow::Error {
 
 pub(crate) fn parse_state(state: &str) -> anyhow::Result<JobState> {
     let name = format!("JOB_STATE_{}", state.to_ascii_uppercase());
-    JobState::from_str_name(&name)
-        .ok_or_else(|| anyhow!("unknown state {state:?} (queued, running, succeeded, failed, cancelled)"))
+    JobState::from_str_name(&name).ok_or_else(|| {
+        anyhow!("unknown state {state:?} (queued, running, succeeded, failed, cancelled)")
+    })
 }
 
 pub(crate) async fn submit(args: SubmitArgs) -> anyhow::Result<()> {

@@ -15,10 +15,18 @@ pub(crate) struct DevArgs {
     #[arg(long, env = "JOBMESH_LISTEN", default_value = "127.0.0.1:50051")]
     listen: String,
     /// job-store address.
-    #[arg(long, env = "JOBMESH_JOB_STORE_LISTEN", default_value = "127.0.0.1:50052")]
+    #[arg(
+        long,
+        env = "JOBMESH_JOB_STORE_LISTEN",
+        default_value = "127.0.0.1:50052"
+    )]
     job_store_listen: String,
     /// Dispatcher address.
-    #[arg(long, env = "JOBMESH_DISPATCHER_LISTEN", default_value = "127.0.0.1:50053")]
+    #[arg(
+        long,
+        env = "JOBMESH_DISPATCHER_LISTEN",
+        default_value = "127.0.0.1:50053"
+    )]
     dispatcher_listen: String,
     /// PostgreSQL URL; the database is created if it does not exist.
     #[arg(

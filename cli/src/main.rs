@@ -82,9 +82,9 @@ struct WorkerArgs {
 }
 
 async fn bind(address: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(address)
-        .await
-        .with_context(|| format!("cannot listen on {address} (is another jobmesh running? pass --listen)"))
+    TcpListener::bind(address).await.with_context(|| {
+        format!("cannot listen on {address} (is another jobmesh running? pass --listen)")
+    })
 }
 
 #[tokio::main]
@@ -106,19 +106,34 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Gateway(args) => {
             jobmesh_runtime::telemetry::init("jobmesh-gateway");
             let listener = bind(&args.listen).await?;
-            jobmesh_gateway::run(args.config, listener, jobmesh_runtime::shutdown::on_signal()).await?;
+            jobmesh_gateway::run(
+                args.config,
+                listener,
+                jobmesh_runtime::shutdown::on_signal(),
+            )
+            .await?;
             Ok(())
         }
         Command::JobStore(args) => {
             jobmesh_runtime::telemetry::init("jobmesh-job-store");
             let listener = bind(&args.listen).await?;
-            jobmesh_job_store::run(args.config, listener, jobmesh_runtime::shutdown::on_signal()).await?;
+            jobmesh_job_store::run(
+                args.config,
+                listener,
+                jobmesh_runtime::shutdown::on_signal(),
+            )
+            .await?;
             Ok(())
         }
         Command::Dispatcher(args) => {
             jobmesh_runtime::telemetry::init("jobmesh-dispatcher");
             let listener = bind(&args.listen).await?;
-            jobmesh_dispatcher::run(args.config, listener, jobmesh_runtime::shutdown::on_signal()).await?;
+            jobmesh_dispatcher::run(
+                args.config,
+                listener,
+                jobmesh_runtime::shutdown::on_signal(),
+            )
+            .await?;
             Ok(())
         }
         Command::Worker(args) => {

@@ -18,7 +18,11 @@ fn timestamp(t: &Option<prost_types::Timestamp>) -> Value {
 pub(crate) fn seconds(t: &Option<prost_types::Timestamp>) -> Option<f64> {
     let t = t.as_ref()?;
     let at = SystemTime::try_from(*t).ok()?;
-    Some(at.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs_f64())
+    Some(
+        at.duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs_f64(),
+    )
 }
 
 pub(crate) fn job(job: &v1::Job) -> Value {

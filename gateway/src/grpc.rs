@@ -30,10 +30,9 @@ pub(crate) struct Gateway {
 /// reached says which one.
 fn upstream(service: &'static str) -> impl Fn(Status) -> Status {
     move |status| match status.code() {
-        tonic::Code::Unavailable => Status::unavailable(format!(
-            "{service} unavailable: {}",
-            status.message()
-        )),
+        tonic::Code::Unavailable => {
+            Status::unavailable(format!("{service} unavailable: {}", status.message()))
+        }
         _ => status,
     }
 }

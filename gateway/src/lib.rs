@@ -35,10 +35,18 @@ pub enum RunError {
 
 /// Runs the gateway on an already-bound listener until `shutdown` is cancelled;
 /// in-flight calls finish before it returns.
-pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RunError> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     let url_error = |service, url: &str| {
         let url = url.to_owned();
-        move |source| RunError::Url { service, url, source }
+        move |source| RunError::Url {
+            service,
+            url,
+            source,
+        }
     };
     let job_store = jobmesh_runtime::grpc::channel(&config.job_store_url)
         .map_err(url_error("job-store", &config.job_store_url))?;

@@ -79,25 +79,37 @@ fn labels(field: &str, labels: &HashMap<String, String>) -> Result<(), Status> {
         if !label_key_ok(key) {
             return Err(invalid(
                 field,
-                format!("key {key:?} must be 1-{MAX_LABEL_KEY} letters, digits, '.', '_', '-' or '/'"),
+                format!(
+                    "key {key:?} must be 1-{MAX_LABEL_KEY} letters, digits, '.', '_', '-' or '/'"
+                ),
             ));
         }
         if value.len() > MAX_LABEL_VALUE {
             return Err(invalid(
                 field,
-                format!("value of {key:?} is {} bytes, over the limit of {MAX_LABEL_VALUE}", value.len()),
+                format!(
+                    "value of {key:?} is {} bytes, over the limit of {MAX_LABEL_VALUE}",
+                    value.len()
+                ),
             ));
         }
     }
     Ok(())
 }
 
-fn duration(field: &str, value: Option<prost_types::Duration>, max: Duration) -> Result<Option<Duration>, Status> {
+fn duration(
+    field: &str,
+    value: Option<prost_types::Duration>,
+    max: Duration,
+) -> Result<Option<Duration>, Status> {
     let Some(value) = value else { return Ok(None) };
-    let d = Duration::try_from(value)
-        .map_err(|_| invalid(field, "must be a non-negative duration"))?;
+    let d =
+        Duration::try_from(value).map_err(|_| invalid(field, "must be a non-negative duration"))?;
     if d > max {
-        return Err(invalid(field, format!("{:?} exceeds the limit of {:?}", d, max)));
+        return Err(invalid(
+            field,
+            format!("{:?} exceeds the limit of {:?}", d, max),
+        ));
     }
     Ok(Some(d))
 }
@@ -107,13 +119,13 @@ fn retry_policy(value: Option<v1::RetryPolicy>) -> Result<Option<v1::RetryPolicy
     let day = Duration::from_secs(24 * 3600);
     let initial = duration("retry_policy.initial_backoff", p.initial_backoff, day)?;
     let max = duration("retry_policy.max_backoff", p.max_backoff, day)?;
-    if let (Some(initial), Some(max)) = (initial, max) {
-        if max < initial {
-            return Err(invalid(
-                "retry_policy.max_backoff",
-                format!("{max:?} is shorter than initial_backoff {initial:?}"),
-            ));
-        }
+    if let (Some(initial), Some(max)) = (initial, max)
+        && max < initial
+    {
+        return Err(invalid(
+            "retry_policy.max_backoff",
+            format!("{max:?} is shorter than initial_backoff {initial:?}"),
+        ));
     }
     if p.multiplier != 0.0 && !(1.0..=100.0).contains(&p.multiplier) {
         return Err(invalid(
@@ -131,7 +143,10 @@ fn retry_policy(value: Option<v1::RetryPolicy>) -> Result<Option<v1::RetryPolicy
 }
 
 /// A SubmitJob request turned into job-store's CreateJob for `tenant`.
-pub(crate) fn submit(tenant: &str, r: v1::SubmitJobRequest) -> Result<pb::CreateJobRequest, Status> {
+pub(crate) fn submit(
+    tenant: &str,
+    r: v1::SubmitJobRequest,
+) -> Result<pb::CreateJobRequest, Status> {
     task(&r.task)?;
     let args = r.args.unwrap_or_default();
     let size = args.encoded_len();
@@ -151,12 +166,18 @@ pub(crate) fn submit(tenant: &str, r: v1::SubmitJobRequest) -> Result<pb::Create
     if r.idempotency_key.len() > MAX_IDEMPOTENCY_KEY {
         return Err(invalid(
             "idempotency_key",
-            format!("{} characters exceed the limit of {MAX_IDEMPOTENCY_KEY}", r.idempotency_key.len()),
+            format!(
+                "{} characters exceed the limit of {MAX_IDEMPOTENCY_KEY}",
+                r.idempotency_key.len()
+            ),
         ));
     }
     labels("labels", &r.labels)?;
     if !(-1000..=1000).contains(&r.priority) {
-        return Err(invalid("priority", format!("{} is not between -1000 and 1000", r.priority)));
+        return Err(invalid(
+            "priority",
+            format!("{} is not between -1000 and 1000", r.priority),
+        ));
     }
     let max_attempts = match r.max_attempts {
         0 => DEFAULT_MAX_ATTEMPTS,
@@ -164,13 +185,18 @@ pub(crate) fn submit(tenant: &str, r: v1::SubmitJobRequest) -> Result<pb::Create
         n => {
             return Err(invalid(
                 "max_attempts",
-                format!("{n} is not between 1 and {MAX_ATTEMPTS} (0 means the default, {DEFAULT_MAX_ATTEMPTS})"),
+                format!(
+                    "{n} is not between 1 and {MAX_ATTEMPTS} (0 means the default, {DEFAULT_MAX_ATTEMPTS})"
+                ),
             ));
         }
     };
     let timeout = duration("timeout", r.timeout, MAX_TIMEOUT)?;
     if timeout == Some(Duration::ZERO) {
-        return Err(invalid("timeout", "must be positive (leave it unset for no timeout)"));
+        return Err(invalid(
+            "timeout",
+            "must be positive (leave it unset for no timeout)",
+        ));
     }
     if let Some(at) = r.schedule_time {
         let when = SystemTime::try_from(at)
@@ -241,10 +267,23 @@ mod tests {
         assert!(e.message().starts_with("task: "), "{}", e.message());
         let mut r = request("ok");
         r.max_attempts = 101;
-        assert!(submit("t", r).expect_err("attempts").message().starts_with("max_attempts: "));
+        assert!(
+            submit("t", r)
+                .expect_err("attempts")
+                .message()
+                .starts_with("max_attempts: ")
+        );
         let mut r = request("ok");
         r.labels.insert("bad key".into(), "v".into());
-        assert!(submit("t", r).expect_err("labels").message().starts_with("labels: "));
-        assert_eq!(submit("t", request("ok")).expect("valid").max_attempts, DEFAULT_MAX_ATTEMPTS);
+        assert!(
+            submit("t", r)
+                .expect_err("labels")
+                .message()
+                .starts_with("labels: ")
+        );
+        assert_eq!(
+            submit("t", request("ok")).expect("valid").max_attempts,
+            DEFAULT_MAX_ATTEMPTS
+        );
     }
 }

@@ -11,14 +11,14 @@ pub mod generated {
     pub mod jobmesh {
         /// The public API, package `jobmesh.v1`.
         pub mod v1 {
-            #![allow(missing_docs, unreachable_pub, clippy::all)]
+            #![allow(missing_docs, unreachable_pub, clippy::all, clippy::restriction)]
             tonic::include_proto!("jobmesh.v1");
         }
         /// The API between jobmesh's own services.
         pub mod internal {
             /// Package `jobmesh.internal.v1`.
             pub mod v1 {
-                #![allow(missing_docs, unreachable_pub, clippy::all)]
+                #![allow(missing_docs, unreachable_pub, clippy::all, clippy::restriction)]
                 tonic::include_proto!("jobmesh.internal.v1");
             }
         }
@@ -27,7 +27,7 @@ pub mod generated {
     pub mod google {
         /// The google.api HTTP annotations.
         pub mod api {
-            #![allow(missing_docs, unreachable_pub, clippy::all)]
+            #![allow(missing_docs, unreachable_pub, clippy::all, clippy::restriction)]
             tonic::include_proto!("google.api");
         }
     }

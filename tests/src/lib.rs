@@ -174,14 +174,12 @@ impl Mesh {
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let mut jobs = self.jobs();
         for _ in 0..300 {
-            if let Some(task) = &self.store_task {
-                if task.is_finished() {
-                    let result = self.store_task.take().context("store task")?.await?;
-                    bail!(
-                        "job-store did not start: {}\n(PostgreSQL: `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`; NATS: `nats-server -js`)",
-                        result.err().map(|e| e.to_string()).unwrap_or_default()
-                    );
-                }
+            if self.store_task.as_ref().is_some_and(|t| t.is_finished()) {
+                let result = self.store_task.take().context("store task")?.await?;
+                bail!(
+                    "job-store did not start: {}\n(PostgreSQL: `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`; NATS: `nats-server -js`)",
+                    result.err().map(|e| e.to_string()).unwrap_or_default()
+                );
             }
             let probe = jobs
                 .list_jobs(v1::ListJobsRequest {

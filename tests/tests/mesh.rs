@@ -56,12 +56,18 @@ async fn watch_shows_snapshot_then_running_progress_and_result() -> anyhow::Resu
         "progress never goes back: {percents:?}"
     );
     for step in [20, 40, 60, 80, 100] {
-        assert!(percents.contains(&step), "progress {step}% seen live: {percents:?}");
+        assert!(
+            percents.contains(&step),
+            "progress {step}% seen live: {percents:?}"
+        );
     }
     let last = events.last().expect("events");
     assert_eq!(last.state(), JobState::Succeeded);
     let result = struct_to_json(last.result.as_ref().expect("a result"));
-    assert_eq!(serde_json::Value::Object(result), json!({"slept_seconds": 0.5, "steps": 5.0}));
+    assert_eq!(
+        serde_json::Value::Object(result),
+        json!({"slept_seconds": 0.5, "steps": 5.0})
+    );
     assert!(last.finish_time.is_some() && last.start_time.is_some());
 
     // A watcher that comes after the end gets the final snapshot, then the end.
@@ -73,7 +79,9 @@ async fn watch_shows_snapshot_then_running_progress_and_result() -> anyhow::Resu
     // GetJob agrees with the last event.
     let got = mesh
         .jobs()
-        .get_job(v1::GetJobRequest { job_id: job.id.clone() })
+        .get_job(v1::GetJobRequest {
+            job_id: job.id.clone(),
+        })
         .await?
         .into_inner()
         .job
@@ -125,7 +133,11 @@ async fn list_pages_through_250_jobs_each_exactly_once_newest_first() -> anyhow:
     assert_eq!(seen.len(), 250);
     let unique: HashSet<_> = seen.iter().collect();
     assert_eq!(unique.len(), 250, "no job twice");
-    assert_eq!(unique, submitted.iter().collect::<HashSet<_>>(), "every job once");
+    assert_eq!(
+        unique,
+        submitted.iter().collect::<HashSet<_>>(),
+        "every job once"
+    );
     let mut newest_first = seen.clone();
     newest_first.sort_by(|a, b| b.cmp(a));
     assert_eq!(seen, newest_first, "newest first (UUIDv7 order)");
@@ -172,7 +184,11 @@ async fn list_pages_through_250_jobs_each_exactly_once_newest_first() -> anyhow:
     .await
     .expect_err("token used with other filters");
     assert_eq!(mismatch.code(), Code::InvalidArgument);
-    assert!(mismatch.message().starts_with("page_token: "), "{}", mismatch.message());
+    assert!(
+        mismatch.message().starts_with("page_token: "),
+        "{}",
+        mismatch.message()
+    );
     mesh.stop().await;
     Ok(())
 }
@@ -183,10 +199,16 @@ async fn failing_tasks_end_failed_with_their_message_after_their_attempts() -> a
     let permanent = mesh
         .submit(submit("demo.fail", json!({"message": "disk on fire"})))
         .await?;
-    let mut flaky = submit("demo.fail", json!({"message": "try again", "retryable": true}));
+    let mut flaky = submit(
+        "demo.fail",
+        json!({"message": "try again", "retryable": true}),
+    );
     flaky.max_attempts = 2;
     flaky.retry_policy = Some(v1::RetryPolicy {
-        initial_backoff: Some(prost_types::Duration { seconds: 0, nanos: 100_000_000 }),
+        initial_backoff: Some(prost_types::Duration {
+            seconds: 0,
+            nanos: 100_000_000,
+        }),
         ..Default::default()
     });
     let flaky = mesh.submit(flaky).await?;
@@ -221,12 +243,24 @@ async fn bad_inputs_get_precise_codes_and_create_nothing() -> anyhow::Result<()>
     let big = json!({ "blob": "x".repeat(300 * 1024) });
     let cases: Vec<(&str, v1::SubmitJobRequest, &str)> = vec![
         ("empty task", submit("", json!({})), "task: required"),
-        ("task with a space", submit("demo echo", json!({})), "task: \"demo echo\" is not a task name"),
+        (
+            "task with a space",
+            submit("demo echo", json!({})),
+            "task: \"demo echo\" is not a task name",
+        ),
         ("wildcard task", submit("demo.*", json!({})), "task: "),
         ("args too large", submit("demo.echo", big), "args: "),
-        ("args too deep", submit("demo.echo", deep), "args: nested 33 levels deep, over the limit of 32"),
+        (
+            "args too deep",
+            submit("demo.echo", deep),
+            "args: nested 33 levels deep, over the limit of 32",
+        ),
         // Past prost's decoding recursion limit: refused while decoding.
-        ("args far too deep", submit("demo.echo", far_too_deep), "failed to decode"),
+        (
+            "args far too deep",
+            submit("demo.echo", far_too_deep),
+            "failed to decode",
+        ),
         (
             "bad label key",
             v1::SubmitJobRequest {
@@ -237,23 +271,35 @@ async fn bad_inputs_get_precise_codes_and_create_nothing() -> anyhow::Result<()>
         ),
         (
             "too many attempts",
-            v1::SubmitJobRequest { max_attempts: 101, ..submit("demo.echo", json!({})) },
+            v1::SubmitJobRequest {
+                max_attempts: 101,
+                ..submit("demo.echo", json!({}))
+            },
             "max_attempts: 101",
         ),
         (
             "negative attempts",
-            v1::SubmitJobRequest { max_attempts: -1, ..submit("demo.echo", json!({})) },
+            v1::SubmitJobRequest {
+                max_attempts: -1,
+                ..submit("demo.echo", json!({}))
+            },
             "max_attempts: -1",
         ),
         (
             "priority out of range",
-            v1::SubmitJobRequest { priority: 5000, ..submit("demo.echo", json!({})) },
+            v1::SubmitJobRequest {
+                priority: 5000,
+                ..submit("demo.echo", json!({}))
+            },
             "priority: 5000",
         ),
         (
             "negative timeout",
             v1::SubmitJobRequest {
-                timeout: Some(prost_types::Duration { seconds: -1, nanos: 0 }),
+                timeout: Some(prost_types::Duration {
+                    seconds: -1,
+                    nanos: 0,
+                }),
                 ..submit("demo.echo", json!({}))
             },
             "timeout: ",
@@ -261,7 +307,10 @@ async fn bad_inputs_get_precise_codes_and_create_nothing() -> anyhow::Result<()>
         (
             "jitter above 1",
             v1::SubmitJobRequest {
-                retry_policy: Some(v1::RetryPolicy { jitter: 2.0, ..Default::default() }),
+                retry_policy: Some(v1::RetryPolicy {
+                    jitter: 2.0,
+                    ..Default::default()
+                }),
                 ..submit("demo.echo", json!({}))
             },
             "retry_policy.jitter: 2",
@@ -278,35 +327,73 @@ async fn bad_inputs_get_precise_codes_and_create_nothing() -> anyhow::Result<()>
     }
 
     let unknown = uuid::Uuid::now_v7().to_string();
-    let get = jobs.get_job(v1::GetJobRequest { job_id: "nope".into() }).await.expect_err("bad id");
+    let get = jobs
+        .get_job(v1::GetJobRequest {
+            job_id: "nope".into(),
+        })
+        .await
+        .expect_err("bad id");
     assert_eq!(get.code(), Code::InvalidArgument);
     assert_eq!(get.message(), "job_id: \"nope\" is not a job id (a UUID)");
-    let get = jobs.get_job(v1::GetJobRequest { job_id: unknown.clone() }).await.expect_err("unknown");
+    let get = jobs
+        .get_job(v1::GetJobRequest {
+            job_id: unknown.clone(),
+        })
+        .await
+        .expect_err("unknown");
     assert_eq!(get.code(), Code::NotFound);
     assert_eq!(get.message(), format!("job {unknown} not found"));
     let cancel = jobs
-        .cancel_job(v1::CancelJobRequest { job_id: unknown.clone() })
+        .cancel_job(v1::CancelJobRequest {
+            job_id: unknown.clone(),
+        })
         .await
         .expect_err("unknown");
     assert_eq!(cancel.code(), Code::NotFound);
     let watch = jobs
-        .watch_job(v1::WatchJobRequest { job_id: unknown.clone() })
+        .watch_job(v1::WatchJobRequest {
+            job_id: unknown.clone(),
+        })
         .await
         .expect_err("unknown");
     assert_eq!(watch.code(), Code::NotFound);
-    let empty = jobs.get_job(v1::GetJobRequest::default()).await.expect_err("empty");
-    assert_eq!((empty.code(), empty.message()), (Code::InvalidArgument, "job_id: required"));
+    let empty = jobs
+        .get_job(v1::GetJobRequest::default())
+        .await
+        .expect_err("empty");
+    assert_eq!(
+        (empty.code(), empty.message()),
+        (Code::InvalidArgument, "job_id: required")
+    );
     for (request, message) in [
-        (v1::ListJobsRequest { page_size: -1, ..Default::default() }, "page_size: -1 is negative"),
         (
-            v1::ListJobsRequest { page_token: "garbage".into(), ..Default::default() },
+            v1::ListJobsRequest {
+                page_size: -1,
+                ..Default::default()
+            },
+            "page_size: -1 is negative",
+        ),
+        (
+            v1::ListJobsRequest {
+                page_token: "garbage".into(),
+                ..Default::default()
+            },
             "page_token: not a token returned by ListJobs",
         ),
         (
-            v1::ListJobsRequest { labels: vec!["novalue".into()], ..Default::default() },
+            v1::ListJobsRequest {
+                labels: vec!["novalue".into()],
+                ..Default::default()
+            },
             "labels: \"novalue\" is not written key=value",
         ),
-        (v1::ListJobsRequest { state: 42, ..Default::default() }, "state: 42 is not a JobState"),
+        (
+            v1::ListJobsRequest {
+                state: 42,
+                ..Default::default()
+            },
+            "state: 42 is not a JobState",
+        ),
     ] {
         let status = jobs.list_jobs(request).await.expect_err(message);
         assert_eq!(status.code(), Code::InvalidArgument, "{message}");
@@ -315,10 +402,17 @@ async fn bad_inputs_get_precise_codes_and_create_nothing() -> anyhow::Result<()>
 
     // Nothing was created by any of it.
     let all = jobs
-        .list_jobs(v1::ListJobsRequest { page_size: 1000, ..Default::default() })
+        .list_jobs(v1::ListJobsRequest {
+            page_size: 1000,
+            ..Default::default()
+        })
         .await?
         .into_inner();
-    assert!(all.jobs.is_empty(), "bad requests created jobs: {:?}", all.jobs);
+    assert!(
+        all.jobs.is_empty(),
+        "bad requests created jobs: {:?}",
+        all.jobs
+    );
     mesh.stop().await;
     Ok(())
 }
@@ -365,8 +459,16 @@ async fn two_workers_with_two_slots_never_hold_more_than_four_jobs() -> anyhow::
     let (a, b) = (Arc::new(Gauge::default()), Arc::new(Gauge::default()));
     let mesh = Mesh::start(MeshOptions {
         workers: vec![
-            WorkerSpec { worker_id: "a".into(), slots: 2, handlers: gauged(Arc::clone(&total), Arc::clone(&a)) },
-            WorkerSpec { worker_id: "b".into(), slots: 2, handlers: gauged(Arc::clone(&total), Arc::clone(&b)) },
+            WorkerSpec {
+                worker_id: "a".into(),
+                slots: 2,
+                handlers: gauged(Arc::clone(&total), Arc::clone(&a)),
+            },
+            WorkerSpec {
+                worker_id: "b".into(),
+                slots: 2,
+                handlers: gauged(Arc::clone(&total), Arc::clone(&b)),
+            },
         ],
         ..Default::default()
     })
@@ -379,11 +481,32 @@ async fn two_workers_with_two_slots_never_hold_more_than_four_jobs() -> anyhow::
         let job = mesh.finished(id, LIMIT).await?;
         assert_eq!(job.state(), JobState::Succeeded, "{job:?}");
     }
-    assert!(a.peak() <= 2 && b.peak() <= 2, "per worker: {} and {}", a.peak(), b.peak());
+    assert!(
+        a.peak() <= 2 && b.peak() <= 2,
+        "per worker: {} and {}",
+        a.peak(),
+        b.peak()
+    );
     assert_eq!(total.peak(), 4, "4 slots are used, never more");
-    let tasks = mesh.tasks().list_tasks(v1::ListTasksRequest {}).await?.into_inner();
-    let gauged = tasks.tasks.iter().find(|t| t.name == "test.gauged").expect("task listed");
-    assert_eq!((gauged.workers, gauged.slots, gauged.free_slots, gauged.queue_depth), (2, 4, 4, 0));
+    let tasks = mesh
+        .tasks()
+        .list_tasks(v1::ListTasksRequest {})
+        .await?
+        .into_inner();
+    let gauged = tasks
+        .tasks
+        .iter()
+        .find(|t| t.name == "test.gauged")
+        .expect("task listed");
+    assert_eq!(
+        (
+            gauged.workers,
+            gauged.slots,
+            gauged.free_slots,
+            gauged.queue_depth
+        ),
+        (2, 4, 4, 0)
+    );
     mesh.stop().await;
     Ok(())
 }
@@ -395,26 +518,35 @@ async fn cancel_stops_queued_and_running_jobs_and_is_idempotent() -> anyhow::Res
     // Queued: no worker offers the task; it ends CANCELLED at once and never runs.
     let queued = mesh.submit(submit("nobody.runs_this", json!({}))).await?;
     let cancelled = jobs
-        .cancel_job(v1::CancelJobRequest { job_id: queued.id.clone() })
+        .cancel_job(v1::CancelJobRequest {
+            job_id: queued.id.clone(),
+        })
         .await?
         .into_inner()
         .job
         .expect("job");
     assert_eq!(cancelled.state(), JobState::Cancelled);
     let again = jobs
-        .cancel_job(v1::CancelJobRequest { job_id: queued.id.clone() })
+        .cancel_job(v1::CancelJobRequest {
+            job_id: queued.id.clone(),
+        })
         .await?
         .into_inner()
         .job
         .expect("job");
-    assert_eq!(again.version, cancelled.version, "cancelling twice changes nothing");
+    assert_eq!(
+        again.version, cancelled.version,
+        "cancelling twice changes nothing"
+    );
 
     // Running: the worker is told, stops, and the job ends CANCELLED.
     let running = mesh
         .submit(submit("demo.sleep", json!({"seconds": 60, "steps": 60})))
         .await?;
     let mut stream = jobs
-        .watch_job(v1::WatchJobRequest { job_id: running.id.clone() })
+        .watch_job(v1::WatchJobRequest {
+            job_id: running.id.clone(),
+        })
         .await?
         .into_inner();
     while let Some(event) = stream.message().await? {
@@ -423,7 +555,9 @@ async fn cancel_stops_queued_and_running_jobs_and_is_idempotent() -> anyhow::Res
         }
     }
     let requested = jobs
-        .cancel_job(v1::CancelJobRequest { job_id: running.id.clone() })
+        .cancel_job(v1::CancelJobRequest {
+            job_id: running.id.clone(),
+        })
         .await?
         .into_inner()
         .job
@@ -435,9 +569,14 @@ async fn cancel_stops_queued_and_running_jobs_and_is_idempotent() -> anyhow::Res
 
     // Finished jobs cannot be cancelled.
     let echo = mesh.submit(submit("demo.echo", json!({"x": 1}))).await?;
-    assert_eq!(mesh.finished(&echo.id, LIMIT).await?.state(), JobState::Succeeded);
+    assert_eq!(
+        mesh.finished(&echo.id, LIMIT).await?.state(),
+        JobState::Succeeded
+    );
     let late = jobs
-        .cancel_job(v1::CancelJobRequest { job_id: echo.id.clone() })
+        .cancel_job(v1::CancelJobRequest {
+            job_id: echo.id.clone(),
+        })
         .await
         .expect_err("already succeeded");
     assert_eq!(late.code(), Code::FailedPrecondition);

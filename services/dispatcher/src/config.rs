@@ -8,7 +8,11 @@ use jobmesh_runtime::NatsConfig;
 #[derive(clap::Args, Clone, Debug)]
 pub struct Config {
     /// Address of job-store's gRPC endpoint.
-    #[arg(long, env = "JOBMESH_JOB_STORE_URL", default_value = "http://127.0.0.1:50052")]
+    #[arg(
+        long,
+        env = "JOBMESH_JOB_STORE_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
     pub job_store_url: String,
     /// NATS settings.
     #[command(flatten)]

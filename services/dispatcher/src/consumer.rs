@@ -78,7 +78,9 @@ pub(crate) async fn run(task: String, ctx: Arc<Context>, shutdown: CancellationT
                 Some(Ok(message)) => {
                     let ctx = Arc::clone(&ctx);
                     let task = task.clone();
-                    ctx.tracker.clone().spawn(async move { deliver(&ctx, &task, message).await });
+                    ctx.tracker
+                        .clone()
+                        .spawn(async move { deliver(&ctx, &task, message).await });
                 }
                 Some(Err(error)) => {
                     tracing::debug!(task, %error, "pull batch ended with an error");
@@ -90,7 +92,10 @@ pub(crate) async fn run(task: String, ctx: Arc<Context>, shutdown: CancellationT
     }
 }
 
-async fn consumer(ctx: &Context, task: &str) -> Result<jetstream::consumer::Consumer<pull::Config>, String> {
+async fn consumer(
+    ctx: &Context,
+    task: &str,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, String> {
     let stream = jobmesh_runtime::nats::ensure_stream(&ctx.jetstream, &ctx.config.nats)
         .await
         .map_err(|e| e.to_string())?;
@@ -174,7 +179,12 @@ async fn deliver(ctx: &Context, task: &str, message: jetstream::Message) {
     if slot.tx.send(assignment).await.is_err() {
         // The worker left between the reservation and now.
         ctx.registry.release(slot.session, &key);
-        crate::session::fail_attempt(ctx, &queued, "the worker disconnected before receiving the job").await;
+        crate::session::fail_attempt(
+            ctx,
+            &queued,
+            "the worker disconnected before receiving the job",
+        )
+        .await;
     }
 }
 
@@ -183,4 +193,3 @@ async fn ack(message: &jetstream::Message, kind: AckKind) {
         tracing::debug!(%error, "ack not sent; JetStream will redeliver and the lease fence drops it");
     }
 }
-

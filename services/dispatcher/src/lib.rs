@@ -75,7 +75,11 @@ impl Context {
 /// Runs the dispatcher on an already-bound listener until `shutdown` is cancelled.
 /// On shutdown it stops pulling, ends worker sessions (their attempts are
 /// re-queued) and waits for in-flight deliveries.
-pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RunError> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     let nats = config
         .nats
         .connect("jobmesh-dispatcher")
@@ -85,11 +89,12 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
             message: e.to_string(),
         })?;
     let jetstream = jetstream::new(nats.clone());
-    let channel =
-        jobmesh_runtime::grpc::channel(&config.job_store_url).map_err(|source| RunError::JobStoreUrl {
+    let channel = jobmesh_runtime::grpc::channel(&config.job_store_url).map_err(|source| {
+        RunError::JobStoreUrl {
             url: config.job_store_url.clone(),
             source,
-        })?;
+        }
+    })?;
     let job_store = JobStoreServiceClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -168,7 +168,10 @@ impl Registry {
     }
 
     /// The session holding an attempt and its sender.
-    pub(crate) fn holder(&self, attempt: &Attempt) -> Option<(SessionId, mpsc::Sender<ConnectResponse>)> {
+    pub(crate) fn holder(
+        &self,
+        attempt: &Attempt,
+    ) -> Option<(SessionId, mpsc::Sender<ConnectResponse>)> {
         self.lock()
             .workers
             .iter()

@@ -13,8 +13,8 @@ use jobmesh_proto::internal::{
 };
 use jobmesh_proto::v1::worker_service_server::WorkerService;
 use jobmesh_proto::v1::{
-    ConnectRequest, ConnectResponse, JobCancellation, WorkerHello, WorkerWelcome,
-    connect_request, connect_response,
+    ConnectRequest, ConnectResponse, JobCancellation, WorkerHello, WorkerWelcome, connect_request,
+    connect_response,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -46,7 +46,9 @@ type ConnectStream = Pin<Box<dyn Stream<Item = Result<ConnectResponse, Status>> 
 
 fn validate_hello(hello: &WorkerHello) -> Result<(), Status> {
     if hello.tasks.is_empty() {
-        return Err(Status::invalid_argument("hello.tasks: offer at least one task"));
+        return Err(Status::invalid_argument(
+            "hello.tasks: offer at least one task",
+        ));
     }
     if hello.tasks.len() > MAX_TASKS {
         return Err(Status::invalid_argument(format!(
@@ -83,7 +85,9 @@ impl WorkerService for WorkerGrpc {
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
-            .map_err(|_| Status::deadline_exceeded("no hello within 10s of opening the stream"))??;
+            .map_err(|_| {
+                Status::deadline_exceeded("no hello within 10s of opening the stream")
+            })??;
         let hello = match first.and_then(|m| m.message) {
             Some(connect_request::Message::Hello(hello)) => hello,
             _ => {
@@ -110,27 +114,20 @@ impl WorkerService for WorkerGrpc {
         tx.send(welcome)
             .await
             .map_err(|_| Status::unavailable("worker stream closed"))?;
-        let session = self
-            .ctx
-            .registry
-            .register(worker_id.clone(), hello.tasks.clone(), slots, tx.clone());
+        let session =
+            self.ctx
+                .registry
+                .register(worker_id.clone(), hello.tasks.clone(), slots, tx.clone());
         self.ctx.ensure_consumers(&hello.tasks);
         tracing::info!(worker_id, tasks = ?hello.tasks, slots, "worker connected");
         let ctx = Arc::clone(&self.ctx);
         self.ctx.tracker.spawn(async move {
             serve_session(&ctx, session, &worker_id, inbound, tx, slots).await;
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map_ok())))
-    }
-}
-
-trait MapOk: Sized {
-    fn map_ok(self) -> futures::stream::Map<Self, fn(ConnectResponse) -> Result<ConnectResponse, Status>>;
-}
-
-impl MapOk for ReceiverStream<ConnectResponse> {
-    fn map_ok(self) -> futures::stream::Map<Self, fn(ConnectResponse) -> Result<ConnectResponse, Status>> {
-        futures::StreamExt::map(self, Ok)
+        Ok(Response::new(Box::pin(futures::StreamExt::map(
+            ReceiverStream::new(rx),
+            Ok,
+        ))))
     }
 }
 
@@ -208,7 +205,12 @@ async fn serve_session(
     tracing::info!(worker_id, held = held.len(), reason, "worker disconnected");
     for (job_id, attempt) in held {
         let attempt = JobAttempt { job_id, attempt };
-        fail_attempt(ctx, &attempt, &format!("worker {worker_id} disconnected: {reason}")).await;
+        fail_attempt(
+            ctx,
+            &attempt,
+            &format!("worker {worker_id} disconnected: {reason}"),
+        )
+        .await;
     }
 }
 
@@ -298,7 +300,12 @@ async fn handle(
         Report::Outcome(Ok(())) => ctx.registry.release(session, &attempt_key),
         Report::Progress(Err(status)) | Report::Outcome(Err(status)) if is_rejection(&status) => {
             // The attempt is not the job's live attempt any more: stop it.
-            tracing::warn!(job_id, attempt, reason = status.message(), "report rejected");
+            tracing::warn!(
+                job_id,
+                attempt,
+                reason = status.message(),
+                "report rejected"
+            );
             ctx.registry.release(session, &attempt_key);
             let _ = tx.try_send(cancellation(&job_id, attempt, status.message()));
         }

@@ -81,7 +81,10 @@ async fn create_database_if_missing(
     config: &tokio_postgres::Config,
     url: &str,
 ) -> Result<(), SetupError> {
-    let name = config.get_dbname().ok_or(SetupError::NoDatabase)?.to_owned();
+    let name = config
+        .get_dbname()
+        .ok_or(SetupError::NoDatabase)?
+        .to_owned();
     let mut admin = config.clone();
     admin.dbname("postgres");
     let admin = client(&admin, url).await?;

@@ -104,7 +104,10 @@ impl JobStoreService for JobStoreGrpc {
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::GetJobResponse>, Status> {
         let r = request.into_inner();
-        let found = self.store.get(&r.tenant, job_id("job_id", &r.job_id)?).await?;
+        let found = self
+            .store
+            .get(&r.tenant, job_id("job_id", &r.job_id)?)
+            .await?;
         Ok(Response::new(pb::GetJobResponse { job: job(&found) }))
     }
 
@@ -246,7 +249,10 @@ impl JobStoreService for JobStoreGrpc {
             }
             .into());
         }
-        let updated = self.store.progress(id, number, r.percent, &r.message).await?;
+        let updated = self
+            .store
+            .progress(id, number, r.percent, &r.message)
+            .await?;
         Ok(Response::new(pb::ReportProgressResponse {
             cancel_requested: updated.cancel_requested,
         }))
@@ -258,12 +264,8 @@ impl JobStoreService for JobStoreGrpc {
     ) -> Result<Response<pb::CompleteJobResponse>, Status> {
         let r = request.into_inner();
         let (id, number) = attempt(r.attempt)?;
-        let result = serde_json::Value::Object(
-            r.result
-                .as_ref()
-                .map(struct_to_json)
-                .unwrap_or_default(),
-        );
+        let result =
+            serde_json::Value::Object(r.result.as_ref().map(struct_to_json).unwrap_or_default());
         let done = self.store.complete(id, number, result).await?;
         Ok(Response::new(pb::CompleteJobResponse { job: job(&done) }))
     }

@@ -39,7 +39,11 @@ pub enum RunError {
 
 /// Runs job-store on an already-bound listener until `shutdown` is cancelled, then
 /// stops accepting calls, lets background loops finish their pass, and returns.
-pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RunError> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     let pool = db::connect(&config.database_url, config.database_pool_size).await?;
     let nats_error = |message: String| RunError::Nats {
         url: config.nats.url.clone(),

@@ -71,12 +71,8 @@ impl Relay {
         // batch, not per row.
         let mut pending = Vec::with_capacity(rows.len());
         for row in &rows {
-            let (outbox_id, job_id, attempt, task): (i64, Uuid, i32, String) = (
-                row.get(0),
-                row.get(1),
-                row.get(2),
-                row.get(3),
-            );
+            let (outbox_id, job_id, attempt, task): (i64, Uuid, i32, String) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
             let payload = QueuedAttempt {
                 attempt: Some(JobAttempt {
                     job_id: job_id.to_string(),

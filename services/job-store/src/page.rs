@@ -54,7 +54,8 @@ pub(crate) fn decode(token: &str, fingerprint: u64) -> Result<Uuid, Error> {
     if bytes.len() != 25 || bytes[0] != 1 {
         return Err(invalid("not a token returned by ListJobs"));
     }
-    let id = Uuid::from_slice(&bytes[1..17]).map_err(|_| invalid("not a token returned by ListJobs"))?;
+    let id =
+        Uuid::from_slice(&bytes[1..17]).map_err(|_| invalid("not a token returned by ListJobs"))?;
     let mut fp = [0u8; 8];
     fp.copy_from_slice(&bytes[17..25]);
     if u64::from_be_bytes(fp) != fingerprint {

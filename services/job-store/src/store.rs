@@ -222,7 +222,13 @@ impl Store {
     }
 
     /// Leases a queued attempt to a worker.
-    pub(crate) async fn lease(&self, id: Uuid, attempt: i32, worker_id: &str, lease: Duration) -> Result<Job> {
+    pub(crate) async fn lease(
+        &self,
+        id: Uuid,
+        attempt: i32,
+        worker_id: &str,
+        lease: Duration,
+    ) -> Result<Job> {
         let client = self.pool.get().await?;
         let sql = format!(
             "UPDATE jobs SET state = 'running', worker_id = $3, lease_ms = $4,
@@ -247,7 +253,11 @@ impl Store {
 
     /// Extends the leases of running attempts; reports the ones that are no longer
     /// running and the ones with a pending cancellation.
-    pub(crate) async fn extend_leases(&self, attempts: &[(Uuid, i32)], lease: Duration) -> Result<LeaseCheck> {
+    pub(crate) async fn extend_leases(
+        &self,
+        attempts: &[(Uuid, i32)],
+        lease: Duration,
+    ) -> Result<LeaseCheck> {
         if attempts.is_empty() {
             return Ok(LeaseCheck::default());
         }
@@ -281,7 +291,13 @@ impl Store {
     }
 
     /// Records progress of a running attempt (which also extends its lease).
-    pub(crate) async fn progress(&self, id: Uuid, attempt: i32, percent: i32, message: &str) -> Result<Job> {
+    pub(crate) async fn progress(
+        &self,
+        id: Uuid,
+        attempt: i32,
+        percent: i32,
+        message: &str,
+    ) -> Result<Job> {
         let client = self.pool.get().await?;
         let sql = format!(
             "UPDATE jobs SET progress_percent = $3, progress_message = $4,
@@ -303,7 +319,12 @@ impl Store {
     }
 
     /// Records the result of a running attempt: the job SUCCEEDED.
-    pub(crate) async fn complete(&self, id: Uuid, attempt: i32, result: serde_json::Value) -> Result<Job> {
+    pub(crate) async fn complete(
+        &self,
+        id: Uuid,
+        attempt: i32,
+        result: serde_json::Value,
+    ) -> Result<Job> {
         let client = self.pool.get().await?;
         let sql = format!(
             "UPDATE jobs SET state = 'succeeded', result = $3, progress_percent = 100,
@@ -326,7 +347,13 @@ impl Store {
     /// Records a failed attempt: the job is queued again after its backoff when the
     /// failure is retryable and attempts remain, FAILED otherwise, and CANCELLED
     /// when a cancellation was pending.
-    pub(crate) async fn fail(&self, id: Uuid, attempt: i32, message: &str, retryable: bool) -> Result<Job> {
+    pub(crate) async fn fail(
+        &self,
+        id: Uuid,
+        attempt: i32,
+        message: &str,
+        retryable: bool,
+    ) -> Result<Job> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE");
@@ -410,7 +437,10 @@ impl Store {
     }
 
     /// Running attempts whose lease expired (by the database clock).
-    pub(crate) async fn expired_leases(&self, limit: i64) -> Result<Vec<(Uuid, i32, Option<String>)>> {
+    pub(crate) async fn expired_leases(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, i32, Option<String>)>> {
         let client = self.pool.get().await?;
         let rows = client
             .query(
@@ -427,7 +457,11 @@ impl Store {
 
     /// Ends CANCELLED the running attempts that ignored a cancellation for longer
     /// than `grace`. Returns how many.
-    pub(crate) async fn revoke_overdue_cancellations(&self, grace: Duration, limit: i64) -> Result<usize> {
+    pub(crate) async fn revoke_overdue_cancellations(
+        &self,
+        grace: Duration,
+        limit: i64,
+    ) -> Result<usize> {
         let client = self.pool.get().await?;
         let sql = format!(
             "UPDATE jobs SET state = 'cancelled', finish_time = now(), lease_expires_at = NULL,

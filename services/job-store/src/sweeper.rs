@@ -11,7 +11,12 @@ use crate::store::Store;
 /// Expired attempts handled per pass.
 const BATCH: i64 = 500;
 
-pub(crate) async fn run(store: Store, interval: Duration, cancel_grace: Duration, shutdown: CancellationToken) {
+pub(crate) async fn run(
+    store: Store,
+    interval: Duration,
+    cancel_grace: Duration,
+    shutdown: CancellationToken,
+) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -25,16 +30,26 @@ pub(crate) async fn run(store: Store, interval: Duration, cancel_grace: Duration
                     let worker = worker.unwrap_or_default();
                     let message = format!("lease expired: worker {worker:?} stopped reporting");
                     match store.fail(id, attempt, &message, true).await {
-                        Ok(job) => tracing::warn!(job_id = %id, attempt, worker, state = job.state.as_str(), "lease expired"),
-                        Err(error) => tracing::debug!(job_id = %id, attempt, %error, "expired lease already handled"),
+                        Ok(job) => {
+                            tracing::warn!(job_id = %id, attempt, worker, state = job.state.as_str(), "lease expired")
+                        }
+                        Err(error) => {
+                            tracing::debug!(job_id = %id, attempt, %error, "expired lease already handled")
+                        }
                     }
                 }
             }
             Err(error) => tracing::warn!(%error, "lease sweep failed"),
         }
-        match store.revoke_overdue_cancellations(cancel_grace, BATCH).await {
+        match store
+            .revoke_overdue_cancellations(cancel_grace, BATCH)
+            .await
+        {
             Ok(0) => {}
-            Ok(n) => tracing::warn!(jobs = n, "revoked leases of attempts that ignored a cancellation"),
+            Ok(n) => tracing::warn!(
+                jobs = n,
+                "revoked leases of attempts that ignored a cancellation"
+            ),
             Err(error) => tracing::warn!(%error, "cancellation sweep failed"),
         }
     }

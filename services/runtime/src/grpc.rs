@@ -17,7 +17,12 @@ pub const INTERNAL_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// A server with the settings every service uses: HTTP/2 keepalive so that dead
 /// peers (a worker whose machine vanished) are noticed, and a bound on concurrent
 /// streams per connection.
-pub fn server() -> Server<tower::layer::util::Stack<tower::util::MapResponseLayer<DecodeFix>, tower::layer::util::Identity>> {
+pub fn server() -> Server<
+    tower::layer::util::Stack<
+        tower::util::MapResponseLayer<DecodeFix>,
+        tower::layer::util::Identity,
+    >,
+> {
     Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))

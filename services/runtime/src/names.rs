@@ -11,7 +11,10 @@ pub fn is_task_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_TASK_NAME
         && name.split('.').all(|segment| {
-            segment.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+            segment
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic())
                 && segment
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
@@ -28,7 +31,18 @@ mod tests {
             assert!(is_task_name(ok), "{ok}");
         }
         let long = "a".repeat(129);
-        for bad in ["", ".a", "a.", "a..b", "a b", "a.*", "a.>", "1a", "a.-b", long.as_str()] {
+        for bad in [
+            "",
+            ".a",
+            "a.",
+            "a..b",
+            "a b",
+            "a.*",
+            "a.>",
+            "1a",
+            "a.-b",
+            long.as_str(),
+        ] {
             assert!(!is_task_name(bad), "{bad}");
         }
     }

@@ -8,11 +8,19 @@ use std::time::Duration;
 #[derive(clap::Args, Clone, Debug)]
 pub struct NatsConfig {
     /// NATS server URL (JetStream must be enabled).
-    #[arg(long = "nats-url", env = "JOBMESH_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long = "nats-url",
+        env = "JOBMESH_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub url: String,
     /// Prefix of every subject, stream and consumer name jobmesh creates, so that
     /// several meshes can share one NATS server.
-    #[arg(long = "nats-prefix", env = "JOBMESH_NATS_PREFIX", default_value = "jobmesh")]
+    #[arg(
+        long = "nats-prefix",
+        env = "JOBMESH_NATS_PREFIX",
+        default_value = "jobmesh"
+    )]
     pub prefix: String,
 }
 
@@ -66,7 +74,10 @@ impl NatsConfig {
 
     /// Connects with settings suited to a long-running service: unlimited
     /// reconnects and bounded buffers.
-    pub async fn connect(&self, name: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    pub async fn connect(
+        &self,
+        name: &str,
+    ) -> Result<async_nats::Client, async_nats::ConnectError> {
         async_nats::ConnectOptions::new()
             .name(name)
             .connection_timeout(Duration::from_secs(5))

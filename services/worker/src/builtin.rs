@@ -25,7 +25,11 @@ async fn sleep(ctx: JobContext) -> Result<serde_json::Value, TaskError> {
         Some(v) => v
             .as_f64()
             .filter(|s| (0.0..=86_400.0).contains(s))
-            .ok_or_else(|| TaskError::permanent(format!("args.seconds: {v} is not a number between 0 and 86400")))?,
+            .ok_or_else(|| {
+                TaskError::permanent(format!(
+                    "args.seconds: {v} is not a number between 0 and 86400"
+                ))
+            })?,
     };
     let steps = match ctx.args.get("steps") {
         None => 10,
@@ -34,7 +38,11 @@ async fn sleep(ctx: JobContext) -> Result<serde_json::Value, TaskError> {
             .as_f64()
             .filter(|s| s.fract() == 0.0 && (1.0..=10_000.0).contains(s))
             .map(|s| s as u64)
-            .ok_or_else(|| TaskError::permanent(format!("args.steps: {v} is not an integer between 1 and 10000")))?,
+            .ok_or_else(|| {
+                TaskError::permanent(format!(
+                    "args.steps: {v} is not an integer between 1 and 10000"
+                ))
+            })?,
     };
     let step = Duration::from_secs_f64(seconds / steps as f64);
     for n in 1..=steps {

@@ -6,7 +6,11 @@ use std::time::Duration;
 #[derive(clap::Args, Clone, Debug)]
 pub struct Config {
     /// Address of the dispatcher's gRPC endpoint.
-    #[arg(long, env = "JOBMESH_DISPATCHER_URL", default_value = "http://127.0.0.1:50053")]
+    #[arg(
+        long,
+        env = "JOBMESH_DISPATCHER_URL",
+        default_value = "http://127.0.0.1:50053"
+    )]
     pub dispatcher_url: String,
     /// Name of this worker; defaults to `<hostname>-<pid>`.
     #[arg(long, env = "JOBMESH_WORKER_ID")]

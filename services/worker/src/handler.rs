@@ -64,10 +64,12 @@ impl JobContext {
             percent: percent.clamp(0, 100),
             message: message.into(),
         });
-        let _ = self.out.send(ConnectRequest {
-            message: Some(report),
-        })
-        .await;
+        let _ = self
+            .out
+            .send(ConnectRequest {
+                message: Some(report),
+            })
+            .await;
     }
 
     /// Sends a log line of this attempt.
@@ -77,10 +79,12 @@ impl JobContext {
             attempt: self.attempt,
             line: line.into(),
         });
-        let _ = self.out.send(ConnectRequest {
-            message: Some(report),
-        })
-        .await;
+        let _ = self
+            .out
+            .send(ConnectRequest {
+                message: Some(report),
+            })
+            .await;
     }
 
     /// Resolves when the attempt is cancelled (by a user, a lost lease or a
@@ -96,8 +100,9 @@ impl JobContext {
 }
 
 /// A task handler.
-pub type Handler =
-    Arc<dyn Fn(JobContext) -> BoxFuture<'static, Result<serde_json::Value, TaskError>> + Send + Sync>;
+pub type Handler = Arc<
+    dyn Fn(JobContext) -> BoxFuture<'static, Result<serde_json::Value, TaskError>> + Send + Sync,
+>;
 
 /// The handlers of a worker, by task name.
 #[derive(Clone, Default)]

@@ -47,7 +47,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
 /// Runs a worker with the given handlers until `shutdown`. On shutdown it stops
 /// taking jobs, lets running ones finish within the grace period, then cancels
 /// the rest (they are re-queued) and returns.
-pub async fn run_with(config: Config, handlers: Handlers, shutdown: CancellationToken) -> Result<(), RunError> {
+pub async fn run_with(
+    config: Config,
+    handlers: Handlers,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     let tasks = if config.tasks.is_empty() {
         handlers.tasks()
     } else {
@@ -127,7 +131,12 @@ async fn session(
                 .heartbeat_interval
                 .and_then(|d| Duration::try_from(d).ok())
                 .unwrap_or(Duration::from_secs(5)),
-            _ => return Err(fail(false, "the dispatcher did not welcome the worker".to_owned())),
+            _ => {
+                return Err(fail(
+                    false,
+                    "the dispatcher did not welcome the worker".to_owned(),
+                ));
+            }
         },
         Ok(None) => return Err(fail(false, "the dispatcher closed the stream".to_owned())),
         Err(status) => return Err(fail(false, status.to_string())),
@@ -181,8 +190,15 @@ async fn session(
         Ok(()) => {
             // Graceful: finish what we hold within the grace period, reporting
             // outcomes on the still-open stream; stop the rest.
-            tracing::info!(running = tokens.len(), grace_ms = config.shutdown_grace().as_millis() as u64, "draining");
-            if tokio::time::timeout(config.shutdown_grace(), running.wait()).await.is_err() {
+            tracing::info!(
+                running = tokens.len(),
+                grace_ms = config.shutdown_grace().as_millis() as u64,
+                "draining"
+            );
+            if tokio::time::timeout(config.shutdown_grace(), running.wait())
+                .await
+                .is_err()
+            {
                 for token in tokens.values() {
                     token.cancel();
                 }
@@ -232,7 +248,13 @@ async fn execute(
         job_id: job_id.clone(),
         attempt,
         task: assignment.task.clone(),
-        args: serde_json::Value::Object(assignment.args.as_ref().map(struct_to_json).unwrap_or_default()),
+        args: serde_json::Value::Object(
+            assignment
+                .args
+                .as_ref()
+                .map(struct_to_json)
+                .unwrap_or_default(),
+        ),
         labels: assignment.labels.clone(),
         cancel: cancel.clone(),
         out: out.clone(),
@@ -259,7 +281,10 @@ async fn execute(
     if !matches!(end, End::Returned(_)) {
         // Give the handler a moment to notice the token, then abort it.
         cancel.cancel();
-        if tokio::time::timeout(CANCEL_GRACE, &mut handle).await.is_err() {
+        if tokio::time::timeout(CANCEL_GRACE, &mut handle)
+            .await
+            .is_err()
+        {
             handle.abort();
         }
     }
@@ -269,7 +294,10 @@ async fn execute(
             attempt,
         })),
         End::TimedOut => failed(
-            format!("timed out after {:.1}s", timeout.unwrap_or_default().as_secs_f64()),
+            format!(
+                "timed out after {:.1}s",
+                timeout.unwrap_or_default().as_secs_f64()
+            ),
             true,
         ),
         End::Returned(Ok(Ok(value))) => {
@@ -304,6 +332,10 @@ async fn execute(
         }
     };
     if out.send(message).await.is_err() {
-        tracing::warn!(job_id, attempt, "outcome not sent: the session ended; the job will be re-run");
+        tracing::warn!(
+            job_id,
+            attempt,
+            "outcome not sent: the session ended; the job will be re-run"
+        );
     }
 }
