@@ -38,8 +38,10 @@ check() {
   fi
 }
 
-check sleep-succeeds 0 '^RUNNING +[1-9][0-9]*%' --task demo.sleep --args '{"seconds": 2, "steps": 4}'
-check fail-fails 1 'expected failure' --task demo.fail --args '{"message": "expected failure"}'
+check sleep-succeeds 0 '^RUNNING +[1-9][0-9]*%' \
+  --task demo.sleep --args '{"seconds": 2, "steps": 4}'
+check fail-fails 1 'expected failure' \
+  --task demo.fail --args '{"message": "expected failure"}'
 
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]

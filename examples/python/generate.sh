@@ -21,7 +21,8 @@ OUT=jobmesh_pb
 
 # The well-known types (google/protobuf/struct.proto, timestamp.proto, ...) ship
 # inside the grpcio-tools wheel.
-WKT_INCLUDE="$(python3 -c 'import importlib.resources as r; print(r.files("grpc_tools") / "_proto")')"
+WKT_INCLUDE="$(python3 -c \
+  'import importlib.resources as r; print(r.files("grpc_tools") / "_proto")')"
 
 rm -rf "$OUT"
 mkdir -p "$OUT"

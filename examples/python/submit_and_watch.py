@@ -34,7 +34,13 @@ from google.protobuf import json_format, struct_pb2
 # lets the generated modules import each other.
 sys.path.insert(0, str(Path(__file__).resolve().parent / "jobmesh_pb"))
 try:
-    from jobmesh.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+    from jobmesh.v1 import (
+        job_pb2,
+        job_service_pb2,
+        job_service_pb2_grpc,
+        task_service_pb2,
+        task_service_pb2_grpc,
+    )
 except ImportError as exc:
     sys.exit(f"cannot import the generated stubs ({exc}); run ./generate.sh first")
 
@@ -89,12 +95,13 @@ def state_name(state: int) -> str:
 def struct_to_python(struct: struct_pb2.Struct) -> dict:
     """Converts a Struct to plain Python values.
 
-    A Struct stores every number as a double, so the 4 you submitted comes back
-    as 4.0; whole numbers are turned back into ints for readability.
+    A Struct stores every number as a double (like JSON in JavaScript), so the
+    4 you submitted comes back as 4.0; whole numbers that a double represents
+    exactly are turned back into ints for readability.
     """
 
     def tidy(value):
-        if isinstance(value, float) and value.is_integer():
+        if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
             return int(value)
         if isinstance(value, dict):
             return {key: tidy(item) for key, item in value.items()}
@@ -113,10 +120,28 @@ def describe(job: job_pb2.Job) -> str:
     # While a failed attempt waits for its retry, the job is QUEUED again and
     # `error` tells why the previous attempt failed.
     if job.state == job_pb2.JOB_STATE_QUEUED and job.HasField("error"):
-        line += f"  (attempt {job.error.attempt} failed: {job.error.message}; retrying)"
+        error = job.error
+        line += f"  (attempt {error.attempt} failed: {error.message}; will retry)"
     if job.cancel_requested and job.state == job_pb2.JOB_STATE_RUNNING:
         line += "  (cancel requested)"
     return line
+
+
+def warn_if_no_worker(channel: grpc.Channel, task: str, timeout: float) -> None:
+    """Warns when no connected worker offers the task.
+
+    jobmesh accepts jobs for any well-formed task name and keeps them QUEUED
+    until a worker offering that task connects, so a typo in --task would
+    otherwise just look like a job that never starts.
+    """
+    tasks = task_service_pb2_grpc.TaskServiceStub(channel)
+    known = tasks.ListTasks(task_service_pb2.ListTasksRequest(), timeout=timeout).tasks
+    if not any(info.name == task and info.workers > 0 for info in known):
+        print(
+            f"warning: no connected worker offers {task!r}; "
+            "the job will stay QUEUED until one does",
+            file=sys.stderr,
+        )
 
 
 def run(opts: argparse.Namespace) -> int:
@@ -137,6 +162,7 @@ def run(opts: argparse.Namespace) -> int:
         )
         job = jobs.SubmitJob(request, timeout=remaining()).job
         print(f"submitted job {job.id} ({job.task}) to {opts.gateway}")
+        warn_if_no_worker(channel, job.task, timeout=remaining())
 
         # WatchJob streams the current snapshot first, then every change, and
         # ends after the terminal state. The deadline bounds the whole stream:

@@ -69,14 +69,8 @@ pub async fn run(
     health
         .set_serving::<TaskServiceServer<grpc::Gateway>>()
         .await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(jobmesh_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(jobmesh_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let jobs = JobServiceServer::new(gateway.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -100,4 +94,17 @@ pub async fn run(
         .await?;
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// Reflection over the services the gateway serves, and only those: the descriptor
+/// set also holds the internal API, which is not served here.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(jobmesh_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name(jobmesh_proto::service_names::JOB_SERVICE)
+        .with_service_name(jobmesh_proto::service_names::TASK_SERVICE)
+        .with_service_name("grpc.health.v1.Health")
+        .with_service_name("grpc.reflection.v1.ServerReflection")
+        .with_service_name("grpc.reflection.v1alpha.ServerReflection")
 }

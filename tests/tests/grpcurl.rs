@@ -65,15 +65,24 @@ async fn grpcurl_lists_describes_checks_health_and_submits() -> anyhow::Result<(
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     ] {
-        assert!(out.lines().any(|l| l == service), "{service} not listed:\n{out}");
+        assert!(
+            out.lines().any(|l| l == service),
+            "{service} not listed:\n{out}"
+        );
     }
 
     let (ok, out, err) = call(args(&["describe", "jobmesh.v1.JobService"])).await?;
     assert!(ok, "describe failed: {err}");
     for rpc in ["SubmitJob", "GetJob", "ListJobs", "CancelJob", "WatchJob"] {
-        assert!(out.contains(&format!("rpc {rpc}")), "{rpc} not described:\n{out}");
+        assert!(
+            out.contains(&format!("rpc {rpc}")),
+            "{rpc} not described:\n{out}"
+        );
     }
-    assert!(out.contains("returns ( stream .jobmesh.v1.WatchJobResponse )"), "{out}");
+    assert!(
+        out.contains("returns ( stream .jobmesh.v1.WatchJobResponse )"),
+        "{out}"
+    );
 
     for service in ["", "jobmesh.v1.JobService", "jobmesh.v1.TaskService"] {
         let body = format!("{{\"service\":\"{service}\"}}");
@@ -119,7 +128,10 @@ async fn grpcurl_lists_describes_checks_health_and_submits() -> anyhow::Result<(
     .await?;
     assert!(!ok);
     assert!(err.contains("Code: InvalidArgument"), "{err}");
-    assert!(err.contains("task: \"not a task\" is not a task name"), "{err}");
+    assert!(
+        err.contains("task: \"not a task\" is not a task name"),
+        "{err}"
+    );
     mesh.stop().await;
     Ok(())
 }

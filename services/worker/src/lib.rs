@@ -278,7 +278,14 @@ async fn execute(
         _ = cancel.cancelled() => End::Cancelled,
         _ = deadline => End::TimedOut,
     };
-    if !matches!(end, End::Returned(_)) {
+    let returned = matches!(end, End::Returned(_));
+    // A handler that returned an error because it saw its cancellation token was
+    // cancelled, not failed.
+    let end = match end {
+        End::Returned(Ok(Err(_))) if cancel.is_cancelled() => End::Cancelled,
+        other => other,
+    };
+    if !returned {
         // Give the handler a moment to notice the token, then abort it.
         cancel.cancel();
         if tokio::time::timeout(CANCEL_GRACE, &mut handle)
