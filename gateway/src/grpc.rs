@@ -10,6 +10,7 @@ use jobmesh_proto::internal::{
 };
 use jobmesh_proto::v1::{self, job_service_server::JobService, task_service_server::TaskService};
 use jobmesh_runtime::grpc::forward;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -24,6 +25,9 @@ pub(crate) struct Gateway {
     /// A channel without per-call timeout, for watch streams.
     pub(crate) job_store_streaming: JobStoreServiceClient<Channel>,
     pub(crate) dispatcher: DispatcherServiceClient<Channel>,
+    /// Cancelled when the gateway starts shutting down: open watch streams end
+    /// with UNAVAILABLE so that clients re-watch elsewhere and the drain finishes.
+    pub(crate) shutdown: CancellationToken,
 }
 
 /// Internal failures reach the client with their code; a dependency that cannot be
@@ -130,11 +134,21 @@ impl JobService for Gateway {
             .await
             .map_err(upstream("job-store"))?
             .into_inner();
-        let stream = stream.map(|item| {
+        let events = stream.map(|item| {
             item.map(|event| v1::WatchJobResponse { job: event.job })
                 .map_err(upstream("job-store"))
         });
-        Ok(Response::new(Box::pin(stream)))
+        let shutdown = self.shutdown.clone();
+        let stopping = self.shutdown.clone().cancelled_owned();
+        let goodbye = futures::stream::once(async move {
+            Err(Status::unavailable(
+                "the gateway is shutting down; watch the job again",
+            ))
+        })
+        .filter(move |_| futures::future::ready(shutdown.is_cancelled()));
+        Ok(Response::new(Box::pin(
+            events.take_until(stopping).chain(goodbye),
+        )))
     }
 }
 

@@ -60,6 +60,7 @@ pub async fn run(
         job_store_streaming: JobStoreServiceClient::new(job_store_streaming)
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
         dispatcher: DispatcherServiceClient::new(dispatcher),
+        shutdown: shutdown.clone(),
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -74,6 +74,20 @@ pub struct Mesh {
     store_stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     store_task: Option<JoinHandle<Result<(), jobmesh_job_store::RunError>>>,
+    dispatcher: Option<(CancellationToken, JoinHandle<()>)>,
+    dispatcher_config: jobmesh_dispatcher::Config,
+}
+
+fn spawn_dispatcher(
+    config: jobmesh_dispatcher::Config,
+    listener: TcpListener,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(error) = jobmesh_dispatcher::run(config, listener, stop).await {
+            panic!("dispatcher failed: {error}");
+        }
+    })
 }
 
 async fn listener() -> anyhow::Result<(TcpListener, String)> {
@@ -122,14 +136,12 @@ impl Mesh {
             jobmesh_dispatcher::Config::new(job_store_url.clone(), nats.clone());
         dispatcher_config.lease_ms = options.lease_ms;
         let mut tasks = Vec::new();
-        let stop = core.clone();
-        tasks.push(tokio::spawn(async move {
-            if let Err(error) =
-                jobmesh_dispatcher::run(dispatcher_config, dispatcher_listener, stop).await
-            {
-                panic!("dispatcher failed: {error}");
-            }
-        }));
+        let dispatcher_stop = core.child_token();
+        let dispatcher = spawn_dispatcher(
+            dispatcher_config.clone(),
+            dispatcher_listener,
+            dispatcher_stop.clone(),
+        );
         let gateway_config =
             jobmesh_gateway::Config::new(job_store_url.clone(), dispatcher_url.clone());
         let stop = edge.clone();
@@ -149,6 +161,8 @@ impl Mesh {
             store_stop,
             tasks,
             store_task: Some(store_task),
+            dispatcher: Some((dispatcher_stop, dispatcher)),
+            dispatcher_config,
         };
         for spec in options.workers {
             mesh.add_worker(spec);
@@ -247,10 +261,33 @@ impl Mesh {
         Ok(last)
     }
 
+    /// Stops the dispatcher (gracefully: its workers' attempts are re-queued and
+    /// their streams end), then starts a new one on the same address; workers
+    /// reconnect by themselves.
+    pub async fn restart_dispatcher(&mut self) -> anyhow::Result<()> {
+        if let Some((stop, task)) = self.dispatcher.take() {
+            stop.cancel();
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .context("dispatcher did not stop within 10s")??;
+        }
+        let address = self.dispatcher_url.trim_start_matches("http://").to_owned();
+        let listener = TcpListener::bind(&address)
+            .await
+            .with_context(|| format!("re-binding the dispatcher on {address}"))?;
+        let stop = self.core.child_token();
+        let task = spawn_dispatcher(self.dispatcher_config.clone(), listener, stop.clone());
+        self.dispatcher = Some((stop, task));
+        Ok(())
+    }
+
     /// Stops every service (edge first), then drops the database and the stream.
     pub async fn stop(mut self) {
         self.edge.cancel();
         self.core.cancel();
+        if let Some((_, task)) = self.dispatcher.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
         for task in self.tasks.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }

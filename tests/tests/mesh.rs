@@ -604,3 +604,54 @@ async fn resubmitting_with_an_idempotency_key_returns_the_first_job() -> anyhow:
     mesh.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_reconnect_after_a_dispatcher_restart_and_held_jobs_are_rerun() -> anyhow::Result<()>
+{
+    let mut mesh = Mesh::start(MeshOptions::default()).await?;
+    let mut request = submit("demo.sleep", json!({"seconds": 1.0, "steps": 4}));
+    request.retry_policy = Some(v1::RetryPolicy {
+        initial_backoff: Some(prost_types::Duration {
+            seconds: 0,
+            nanos: 100_000_000,
+        }),
+        ..Default::default()
+    });
+    let job = mesh.submit(request).await?;
+    let mut stream = mesh
+        .jobs()
+        .watch_job(v1::WatchJobRequest {
+            job_id: job.id.clone(),
+        })
+        .await?
+        .into_inner();
+    while let Some(event) = stream.message().await? {
+        if event.job.is_some_and(|j| j.state() == JobState::Running) {
+            break;
+        }
+    }
+    mesh.restart_dispatcher().await?;
+    let done = mesh.finished(&job.id, LIMIT).await?;
+    assert_eq!(done.state(), JobState::Succeeded, "{done:?}");
+    assert_eq!(
+        done.attempt, 2,
+        "the held attempt was re-queued, the next one ran"
+    );
+    assert!(
+        done.error
+            .as_ref()
+            .is_some_and(|e| e.message.contains("disconnected")),
+        "{done:?}"
+    );
+
+    // The reconnected worker takes new jobs.
+    let echo = mesh
+        .submit(submit("demo.echo", json!({"after": "restart"})))
+        .await?;
+    assert_eq!(
+        mesh.finished(&echo.id, LIMIT).await?.state(),
+        JobState::Succeeded
+    );
+    mesh.stop().await;
+    Ok(())
+}
