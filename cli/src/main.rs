@@ -46,6 +46,61 @@ enum Command {
     Tasks(client::GatewayAddr),
     /// Measure a running mesh: submit rate, end-to-end throughput and latency.
     Bench(bench::BenchArgs),
+    /// Probe a service's grpc.health.v1 endpoint: exit 0 when SERVING, 1 otherwise
+    /// (for container and Kubernetes probes).
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct HealthcheckArgs {
+    /// Address of the service to probe.
+    #[arg(
+        long,
+        env = "JOBMESH_HEALTHCHECK_ADDR",
+        default_value = "127.0.0.1:50051"
+    )]
+    addr: String,
+    /// Service name to ask about; empty means the whole server.
+    #[arg(long, default_value = "")]
+    service: String,
+    /// Give up after this many milliseconds.
+    #[arg(long, default_value_t = 3000)]
+    timeout_ms: u64,
+}
+
+async fn healthcheck(args: HealthcheckArgs) -> anyhow::Result<()> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let channel = jobmesh_runtime::grpc::channel(&args.addr)?;
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut request = tonic::Request::new(HealthCheckRequest {
+        service: args.service.clone(),
+    });
+    request.set_timeout(std::time::Duration::from_millis(args.timeout_ms));
+    let status = client
+        .check(request)
+        .await
+        .map_err(|s| {
+            anyhow::anyhow!(
+                "{} {:?}: {:?}: {}",
+                args.addr,
+                args.service,
+                s.code(),
+                s.message()
+            )
+        })?
+        .into_inner()
+        .status();
+    if status != ServingStatus::Serving {
+        anyhow::bail!(
+            "{} {:?} is {}",
+            args.addr,
+            args.service,
+            status.as_str_name()
+        );
+    }
+    println!("{} {:?} is SERVING", args.addr, args.service);
+    Ok(())
 }
 
 #[derive(clap::Args, Debug)]
@@ -148,5 +203,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Watch(args) => client::watch(args).await,
         Command::Tasks(args) => client::tasks(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Healthcheck(args) => healthcheck(args).await,
     }
 }

@@ -26,6 +26,10 @@ pub struct Config {
     /// stopped and handed back for another attempt (milliseconds).
     #[arg(long, env = "JOBMESH_WORKER_GRACE_MS", default_value_t = 30_000)]
     pub shutdown_grace_ms: u64,
+    /// Address on which to serve grpc.health.v1 (SERVING while connected to a
+    /// dispatcher), for container and Kubernetes probes; none by default.
+    #[arg(long, env = "JOBMESH_HEALTH_LISTEN")]
+    pub health_listen: Option<String>,
 }
 
 impl Config {
@@ -37,6 +41,7 @@ impl Config {
             slots: 8,
             tasks: Vec::new(),
             shutdown_grace_ms: 30_000,
+            health_listen: None,
         }
     }
 

@@ -21,6 +21,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 pub use config::Config;
 pub use handler::{Handler, Handlers, JobContext, TaskError};
@@ -70,9 +72,22 @@ pub async fn run_with(
         return Err(RunError::Config("slots must be at least 1".to_owned()));
     }
     let worker_id = config.worker_id();
+    let health = match &config.health_listen {
+        Some(address) => Some(serve_health(address, shutdown.clone()).await?),
+        None => None,
+    };
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
-        match session(&config, &handlers, &tasks, &worker_id, &shutdown).await {
+        match session(
+            &config,
+            &handlers,
+            &tasks,
+            &worker_id,
+            &shutdown,
+            health.as_ref(),
+        )
+        .await
+        {
             Ok(()) => break,
             Err(Failure { welcomed, message }) => {
                 if welcomed {
@@ -104,6 +119,7 @@ async fn session(
     tasks: &[String],
     worker_id: &str,
     shutdown: &CancellationToken,
+    health: Option<&HealthReporter>,
 ) -> Result<(), Failure> {
     let fail = |welcomed, message: String| Failure { welcomed, message };
     let channel = jobmesh_runtime::grpc::streaming_channel(&config.dispatcher_url)
@@ -142,6 +158,9 @@ async fn session(
         Err(status) => return Err(fail(false, status.to_string())),
     };
     tracing::info!(worker_id, tasks = ?tasks, slots = config.slots, "connected to dispatcher");
+    if let Some(health) = health {
+        health.set_service_status("", ServingStatus::Serving).await;
+    }
 
     let running = TaskTracker::new();
     let mut tokens: HashMap<(String, i32), CancellationToken> = HashMap::new();
@@ -186,6 +205,11 @@ async fn session(
         }
     };
     running.close();
+    if let Some(health) = health {
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+    }
     match outcome {
         Ok(()) => {
             // Graceful: finish what we hold within the grace period, reporting
@@ -217,6 +241,34 @@ async fn session(
             Err(failure)
         }
     }
+}
+
+/// Serves grpc.health.v1 on `address` until `shutdown`; NOT_SERVING until the
+/// worker is connected to a dispatcher.
+async fn serve_health(
+    address: &str,
+    shutdown: CancellationToken,
+) -> Result<HealthReporter, RunError> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| RunError::Config(format!("cannot listen on {address} for health: {e}")))?;
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                jobmesh_runtime::grpc::incoming(listener),
+                shutdown.cancelled_owned(),
+            )
+            .await;
+        if let Err(error) = served {
+            tracing::warn!(%error, "worker health endpoint stopped");
+        }
+    });
+    Ok(reporter)
 }
 
 /// Runs one attempt and reports its outcome.
