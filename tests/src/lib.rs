@@ -17,6 +17,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+pub mod faults;
+
 /// PostgreSQL server used by tests (`JOBMESH_TEST_POSTGRES`, default local).
 pub fn postgres_server() -> String {
     std::env::var("JOBMESH_TEST_POSTGRES")

@@ -66,7 +66,7 @@ async fn watch_shows_snapshot_then_running_progress_and_result() -> anyhow::Resu
     let result = struct_to_json(last.result.as_ref().expect("a result"));
     assert_eq!(
         serde_json::Value::Object(result),
-        json!({"slept_seconds": 0.5, "steps": 5.0})
+        json!({"slept_seconds": 0.5, "steps": 5.0, "attempt": 1.0})
     );
     assert!(last.finish_time.is_some() && last.start_time.is_some());
 

@@ -22,6 +22,11 @@ pub struct Config {
     /// re-queues the job when it expires.
     #[arg(long, env = "JOBMESH_LEASE_MS", default_value_t = 15_000)]
     pub lease_ms: u64,
+    /// How long JetStream waits for a pulled message to be acked before it delivers
+    /// it again (milliseconds): the delay after which the queue messages held by a
+    /// dispatcher that died are handed to another.
+    #[arg(long, env = "JOBMESH_ACK_WAIT_MS", default_value_t = 30_000)]
+    pub ack_wait_ms: u64,
 }
 
 impl Config {
@@ -31,7 +36,12 @@ impl Config {
             job_store_url: job_store_url.into(),
             nats,
             lease_ms: 15_000,
+            ack_wait_ms: 30_000,
         }
+    }
+
+    pub(crate) fn ack_wait(&self) -> Duration {
+        Duration::from_millis(self.ack_wait_ms.max(1000))
     }
 
     pub(crate) fn lease(&self) -> Duration {

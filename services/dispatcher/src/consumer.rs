@@ -108,7 +108,7 @@ async fn consumer(
                 description: Some(format!("jobmesh dispatchers of task {task}")),
                 filter_subject: ctx.config.nats.job_subject(task),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
+                ack_wait: ctx.config.ack_wait(),
                 max_ack_pending: 10_000,
                 ..Default::default()
             },
@@ -162,7 +162,9 @@ async fn deliver(ctx: &Context, task: &str, message: jetstream::Message) {
             return;
         }
     };
-    // The lease is durable: the message has done its job.
+    // The lease is durable: the message has done its job, and the lease keeper
+    // may renew it from now on.
+    ctx.registry.mark_leased(slot.session, &key);
     ack(&message, AckKind::Ack).await;
     let assignment = ConnectResponse {
         message: Some(connect_response::Message::Assignment(JobAssignment {

@@ -26,7 +26,7 @@ pub(crate) async fn renew_leases(ctx: Arc<Context>, shutdown: CancellationToken)
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let held = ctx.registry.held();
+        let held = ctx.registry.leased();
         for chunk in held.chunks(RENEW_BATCH) {
             let request = ExtendLeasesRequest {
                 attempts: chunk

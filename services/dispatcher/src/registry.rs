@@ -2,7 +2,7 @@
 //! taken (an attempt recorded as held) before the lease is asked for, so a worker
 //! is never sent more attempts than it has slots.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use jobmesh_proto::v1::ConnectResponse;
@@ -18,7 +18,9 @@ struct Worker {
     worker_id: String,
     tasks: Vec<String>,
     slots: usize,
-    held: HashSet<Attempt>,
+    /// Attempts on this worker: `false` while the lease is being asked for,
+    /// `true` once job-store recorded it.
+    held: HashMap<Attempt, bool>,
     tx: mpsc::Sender<ConnectResponse>,
 }
 
@@ -76,7 +78,7 @@ impl Registry {
                 worker_id,
                 tasks: tasks.clone(),
                 slots,
-                held: HashSet::new(),
+                held: HashMap::new(),
                 tx,
             },
         );
@@ -90,7 +92,7 @@ impl Registry {
         inner
             .workers
             .remove(&session)
-            .map(|w| w.held.into_iter().collect())
+            .map(|w| w.held.into_keys().collect())
             .unwrap_or_default()
     }
 
@@ -138,7 +140,7 @@ impl Registry {
             .iter_mut()
             .filter(|(_, w)| w.tasks.iter().any(|t| t == task) && w.held.len() < w.slots)
             .max_by_key(|(_, w)| w.slots - w.held.len())?;
-        worker.held.insert(attempt.clone());
+        worker.held.insert(attempt.clone(), false);
         Some(Slot {
             session: *session,
             worker_id: worker.worker_id.clone(),
@@ -152,7 +154,7 @@ impl Registry {
         let Some(worker) = inner.workers.get_mut(&session) else {
             return;
         };
-        if !worker.held.remove(attempt) {
+        if worker.held.remove(attempt).is_none() {
             return;
         }
         let tasks = worker.tasks.clone();
@@ -164,7 +166,19 @@ impl Registry {
         self.lock()
             .workers
             .get(&session)
-            .is_some_and(|w| w.held.contains(attempt))
+            .is_some_and(|w| w.held.contains_key(attempt))
+    }
+
+    /// Records that the lease of a reserved attempt is durable.
+    pub(crate) fn mark_leased(&self, session: SessionId, attempt: &Attempt) {
+        if let Some(leased) = self
+            .lock()
+            .workers
+            .get_mut(&session)
+            .and_then(|w| w.held.get_mut(attempt))
+        {
+            *leased = true;
+        }
     }
 
     /// The session holding an attempt and its sender.
@@ -175,16 +189,22 @@ impl Registry {
         self.lock()
             .workers
             .iter()
-            .find(|(_, w)| w.held.contains(attempt))
+            .find(|(_, w)| w.held.contains_key(attempt))
             .map(|(s, w)| (*s, w.tx.clone()))
     }
 
-    /// Every held attempt, for lease renewal.
-    pub(crate) fn held(&self) -> Vec<Attempt> {
+    /// Every attempt whose lease is recorded, for lease renewal. Attempts still
+    /// being leased are left out: job-store would call them lost.
+    pub(crate) fn leased(&self) -> Vec<Attempt> {
         self.lock()
             .workers
             .values()
-            .flat_map(|w| w.held.iter().cloned())
+            .flat_map(|w| {
+                w.held
+                    .iter()
+                    .filter(|(_, leased)| **leased)
+                    .map(|(a, _)| a.clone())
+            })
             .collect()
     }
 

@@ -25,8 +25,9 @@ use crate::registry::SessionId;
 
 /// How long a new stream may take to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Interval at which idle workers are asked to send a heartbeat.
-const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// Longest interval at which idle workers are asked to send a heartbeat (shorter
+/// when the lease is short: a third of it).
+const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// Most tasks one worker may offer.
 const MAX_TASKS: usize = 256;
 /// Most slots one worker may have.
@@ -108,7 +109,8 @@ impl WorkerService for WorkerGrpc {
         let welcome = ConnectResponse {
             message: Some(connect_response::Message::Welcome(WorkerWelcome {
                 worker_id: worker_id.clone(),
-                heartbeat_interval: prost_types::Duration::try_from(HEARTBEAT_INTERVAL).ok(),
+                heartbeat_interval: prost_types::Duration::try_from(heartbeat_interval(&self.ctx))
+                    .ok(),
             })),
         };
         tx.send(welcome)
@@ -177,9 +179,16 @@ async fn serve_session(
         lanes.push(lane_tx);
     }
     lane_tasks.close();
+    // A worker that sends nothing (not even heartbeats) for a whole lease is gone
+    // even if its connection looks open (a stopped or frozen process): end the
+    // session so its attempts are re-queued instead of renewed.
+    let silence = ctx.config.lease();
     let reason = loop {
         let message = tokio::select! {
             _ = ctx.shutdown.cancelled() => break "the dispatcher is shutting down".to_owned(),
+            _ = tokio::time::sleep(silence) => {
+                break format!("the worker sent nothing for {}ms (lease)", silence.as_millis());
+            }
             message = inbound.message() => message,
         };
         match message {
@@ -212,6 +221,10 @@ async fn serve_session(
         )
         .await;
     }
+}
+
+fn heartbeat_interval(ctx: &Context) -> Duration {
+    (ctx.config.lease() / 3).min(MAX_HEARTBEAT_INTERVAL)
 }
 
 fn key(job_id: &str, attempt: i32) -> (String, i32) {

@@ -18,7 +18,8 @@ async fn echo(ctx: JobContext) -> Result<serde_json::Value, TaskError> {
 }
 
 /// Sleeps `seconds` (default 1, at most 86400) in `steps` steps (default 10, at most
-/// 10000), reporting progress after each; stops early when cancelled.
+/// 10000), reporting progress after each; stops early when cancelled. The result
+/// names the attempt that produced it.
 async fn sleep(ctx: JobContext) -> Result<serde_json::Value, TaskError> {
     let seconds = match ctx.args.get("seconds") {
         None => 1.0,
@@ -53,7 +54,7 @@ async fn sleep(ctx: JobContext) -> Result<serde_json::Value, TaskError> {
         let percent = i32::try_from(n * 100 / steps).unwrap_or(100);
         ctx.progress(percent, format!("step {n}/{steps}")).await;
     }
-    Ok(json!({ "slept_seconds": seconds, "steps": steps }))
+    Ok(json!({ "slept_seconds": seconds, "steps": steps, "attempt": ctx.attempt }))
 }
 
 /// Fails with `message` (default "demo failure"); `retryable` (default false).

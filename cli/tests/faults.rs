@@ -1,0 +1,156 @@
+//! The fault suite: each scenario runs the mesh as separate processes (this
+//! crate's `jobmesh` binary), submits a mixed workload (instant, sleeping with
+//! progress, failing, flaky, cancelled) with idempotency keys while it injects one
+//! fault, then asserts the accounting: every accepted job reached exactly one
+//! terminal state fitting its kind, none is stuck, no result came from a stale
+//! attempt, attempts stay within max_attempts, and the stored jobs are exactly the
+//! accepted ones.
+//!
+//! `JOBMESH_FAULT_JOBS` sets the jobs per scenario (default 600; use thousands for a
+//! manual run). Scenarios run one at a time.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use jobmesh_tests::faults::{Cluster, ClusterOptions, account, submit_workload};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const LEASE_MS: u64 = 3000;
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    KillWorker,
+    KillDispatcher,
+    KillJobStore,
+    KillGateway,
+    StopWorkerPastLease,
+    CutPostgres,
+    RestartNats,
+    CutWorkerLink,
+}
+
+async fn inject(cluster: &mut Cluster, fault: Fault) -> anyhow::Result<()> {
+    match fault {
+        Fault::KillWorker => {
+            cluster.workers[0].kill9().await?;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            cluster.workers[0].start()?;
+        }
+        Fault::KillDispatcher => {
+            cluster.dispatcher.kill9().await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            cluster.dispatcher.start()?;
+        }
+        Fault::KillJobStore => {
+            cluster.job_store.kill9().await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            cluster.job_store.start()?;
+        }
+        Fault::KillGateway => {
+            cluster.gateway.kill9().await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            cluster.gateway.start()?;
+        }
+        Fault::StopWorkerPastLease => {
+            cluster.workers[0].signal("STOP").await?;
+            tokio::time::sleep(Duration::from_millis(LEASE_MS * 2 + 2000)).await;
+            cluster.workers[0].signal("CONT").await?;
+        }
+        Fault::CutPostgres => {
+            cluster.postgres_link.cut().await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            cluster.postgres_link.restore();
+        }
+        Fault::RestartNats => {
+            cluster.nats.kill9().await?;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            cluster.nats.start()?;
+        }
+        Fault::CutWorkerLink => {
+            cluster.worker_link.cut().await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            cluster.worker_link.restore();
+        }
+    }
+    Ok(())
+}
+
+async fn scenario(fault: Fault) -> anyhow::Result<()> {
+    let _one_at_a_time = SERIAL.lock().await;
+    let jobs: usize = std::env::var("JOBMESH_FAULT_JOBS")
+        .ok()
+        .and_then(|j| j.parse().ok())
+        .unwrap_or(600);
+    let mut cluster = Cluster::start(ClusterOptions {
+        binary: PathBuf::from(env!("CARGO_BIN_EXE_jobmesh")),
+        workers: 2,
+        slots: 8,
+        lease_ms: LEASE_MS,
+    })
+    .await?;
+    let submit = tokio::spawn(submit_workload(
+        cluster.jobs(),
+        jobs,
+        16,
+        Duration::from_secs(120),
+    ));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    inject(&mut cluster, fault).await?;
+    let submitted = submit.await??;
+    let result = account(&cluster, &submitted, Duration::from_secs(120)).await;
+    let logs = cluster.logs();
+    cluster.stop().await;
+    let accounting = result?;
+    eprintln!("{fault:?}: {accounting:?}");
+    assert_eq!(
+        accounting.accepted, jobs,
+        "every submission was accepted once\n{logs}"
+    );
+    assert_eq!(
+        accounting.succeeded + accounting.failed + accounting.cancelled,
+        jobs,
+        "every job ended exactly once"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_worker() -> anyhow::Result<()> {
+    scenario(Fault::KillWorker).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_dispatcher() -> anyhow::Result<()> {
+    scenario(Fault::KillDispatcher).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_job_store() -> anyhow::Result<()> {
+    scenario(Fault::KillJobStore).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_gateway_clients_retry_with_their_key() -> anyhow::Result<()> {
+    scenario(Fault::KillGateway).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigstop_worker_past_its_lease() -> anyhow::Result<()> {
+    scenario(Fault::StopWorkerPastLease).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_cut_for_10s() -> anyhow::Result<()> {
+    scenario(Fault::CutPostgres).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_killed_and_restarted() -> anyhow::Result<()> {
+    scenario(Fault::RestartNats).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_dispatcher_link_cut_and_restored() -> anyhow::Result<()> {
+    scenario(Fault::CutWorkerLink).await
+}
