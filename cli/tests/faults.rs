@@ -6,7 +6,7 @@
 //! attempt, attempts stay within max_attempts, and the stored jobs are exactly the
 //! accepted ones.
 //!
-//! `JOBMESH_FAULT_JOBS` sets the jobs per scenario (default 600; use thousands for a
+//! `JOBMESH_FAULT_JOBS` sets the jobs per scenario (default 2000; use more for a
 //! manual run). Scenarios run one at a time.
 
 use std::path::PathBuf;
@@ -21,6 +21,7 @@ const LEASE_MS: u64 = 3000;
 #[derive(Debug, Clone, Copy)]
 enum Fault {
     KillWorker,
+    TermWorker,
     KillDispatcher,
     KillJobStore,
     KillGateway,
@@ -35,6 +36,17 @@ async fn inject(cluster: &mut Cluster, fault: Fault) -> anyhow::Result<()> {
         Fault::KillWorker => {
             cluster.workers[0].kill9().await?;
             tokio::time::sleep(Duration::from_secs(2)).await;
+            cluster.workers[0].start()?;
+        }
+        Fault::TermWorker => {
+            // Graceful: it stops taking jobs, finishes what it holds, exits 0.
+            let clean = cluster.workers[0]
+                .terminate(Duration::from_secs(10))
+                .await?;
+            anyhow::ensure!(
+                clean,
+                "the worker did not exit cleanly within its grace period"
+            );
             cluster.workers[0].start()?;
         }
         Fault::KillDispatcher => {
@@ -81,7 +93,7 @@ async fn scenario(fault: Fault) -> anyhow::Result<()> {
     let jobs: usize = std::env::var("JOBMESH_FAULT_JOBS")
         .ok()
         .and_then(|j| j.parse().ok())
-        .unwrap_or(600);
+        .unwrap_or(2000);
     let mut cluster = Cluster::start(ClusterOptions {
         binary: PathBuf::from(env!("CARGO_BIN_EXE_jobmesh")),
         workers: 2,
@@ -118,6 +130,11 @@ async fn scenario(fault: Fault) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_worker() -> anyhow::Result<()> {
     scenario(Fault::KillWorker).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_worker_drains() -> anyhow::Result<()> {
+    scenario(Fault::TermWorker).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -655,3 +655,69 @@ async fn workers_reconnect_after_a_dispatcher_restart_and_held_jobs_are_rerun() 
     mesh.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_fail_the_attempt_and_panics_do_not_kill_the_worker() -> anyhow::Result<()> {
+    let mut handlers = Handlers::builtin();
+    handlers.register("test.panics", |_ctx| async move {
+        if true {
+            panic!("handler bug");
+        }
+        Ok::<_, TaskError>(json!({}))
+    });
+    let mesh = Mesh::start(MeshOptions {
+        workers: vec![WorkerSpec {
+            worker_id: "w".into(),
+            slots: 4,
+            handlers,
+        }],
+        ..Default::default()
+    })
+    .await?;
+    let fast_retry = Some(v1::RetryPolicy {
+        initial_backoff: Some(prost_types::Duration {
+            seconds: 0,
+            nanos: 50_000_000,
+        }),
+        ..Default::default()
+    });
+    let mut slow = submit("demo.sleep", json!({"seconds": 30, "steps": 3}));
+    slow.timeout = Some(prost_types::Duration {
+        seconds: 0,
+        nanos: 300_000_000,
+    });
+    slow.max_attempts = 2;
+    slow.retry_policy = fast_retry.clone();
+    let slow = mesh.submit(slow).await?;
+    let mut panics = submit("test.panics", json!({}));
+    panics.max_attempts = 2;
+    panics.retry_policy = fast_retry;
+    let panics = mesh.submit(panics).await?;
+
+    let timed_out = mesh.finished(&slow.id, LIMIT).await?;
+    assert_eq!(
+        (timed_out.state(), timed_out.attempt),
+        (JobState::Failed, 2)
+    );
+    let error = timed_out.error.expect("error");
+    assert_eq!(error.message, "timed out after 0.3s");
+    assert!(error.retryable);
+
+    let panicked = mesh.finished(&panics.id, LIMIT).await?;
+    assert_eq!((panicked.state(), panicked.attempt), (JobState::Failed, 2));
+    assert_eq!(
+        panicked.error.expect("error").message,
+        "the handler panicked: handler bug"
+    );
+
+    // The worker survived both and still runs jobs.
+    let echo = mesh
+        .submit(submit("demo.echo", json!({"still": "alive"})))
+        .await?;
+    assert_eq!(
+        mesh.finished(&echo.id, LIMIT).await?.state(),
+        JobState::Succeeded
+    );
+    mesh.stop().await;
+    Ok(())
+}

@@ -7,7 +7,10 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 /// Forward-only migrations, applied in order at start.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_jobs.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/0001_jobs.sql")),
+    (2, include_str!("../migrations/0002_attempt_start.sql")),
+];
 
 /// Arbitrary constant identifying jobmesh's migration lock among advisory locks.
 const MIGRATION_LOCK: i64 = 0x6a6f_626d_6573_6801;

@@ -233,7 +233,8 @@ impl Store {
         let sql = format!(
             "UPDATE jobs SET state = 'running', worker_id = $3, lease_ms = $4,
                 lease_expires_at = now() + $4::bigint * interval '1 millisecond',
-                start_time = coalesce(start_time, now()), progress_percent = 0,
+                start_time = coalesce(start_time, now()), attempt_start_time = now(),
+                progress_percent = 0,
                 progress_message = '', update_time = now(), version = version + 1
              WHERE id = $1 AND attempt = $2 AND state = 'queued'
              RETURNING {JOB_COLUMNS}"
@@ -448,6 +449,28 @@ impl Store {
                  WHERE state = 'running' AND lease_expires_at < now()
                  ORDER BY lease_expires_at LIMIT $1",
                 &[&limit],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+
+    /// Running attempts that outlived their execution timeout by more than `grace`
+    /// (their worker neither finished nor reported the timeout).
+    pub(crate) async fn overdue_attempts(
+        &self,
+        grace: Duration,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, i32, i64)>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT id, attempt, timeout_ms FROM jobs
+                 WHERE state = 'running' AND timeout_ms IS NOT NULL
+                   AND attempt_start_time + (timeout_ms + $1::bigint) * interval '1 millisecond' < now()
+                 LIMIT $2",
+                &[&ms(grace), &limit],
             )
             .await?;
         rows.iter()

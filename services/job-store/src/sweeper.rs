@@ -10,6 +10,9 @@ use crate::store::Store;
 
 /// Expired attempts handled per pass.
 const BATCH: i64 = 500;
+/// How long past its timeout an attempt may run before job-store fails it itself
+/// (the worker normally stops it at the timeout and reports it).
+const TIMEOUT_GRACE: Duration = Duration::from_secs(10);
 
 pub(crate) async fn run(
     store: Store,
@@ -40,6 +43,20 @@ pub(crate) async fn run(
                 }
             }
             Err(error) => tracing::warn!(%error, "lease sweep failed"),
+        }
+        match store.overdue_attempts(TIMEOUT_GRACE, BATCH).await {
+            Ok(overdue) => {
+                for (id, attempt, timeout_ms) in overdue {
+                    let message = format!(
+                        "timed out after {:.1}s (the worker did not stop the attempt; lease revoked)",
+                        timeout_ms as f64 / 1000.0
+                    );
+                    if store.fail(id, attempt, &message, true).await.is_ok() {
+                        tracing::warn!(job_id = %id, attempt, timeout_ms, "attempt overran its timeout");
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "timeout sweep failed"),
         }
         match store
             .revoke_overdue_cancellations(cancel_grace, BATCH)
