@@ -687,7 +687,7 @@ async fn timeouts_fail_the_attempt_and_panics_do_not_kill_the_worker() -> anyhow
         nanos: 300_000_000,
     });
     slow.max_attempts = 2;
-    slow.retry_policy = fast_retry.clone();
+    slow.retry_policy = fast_retry;
     let slow = mesh.submit(slow).await?;
     let mut panics = submit("test.panics", json!({}));
     panics.max_attempts = 2;
