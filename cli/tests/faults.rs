@@ -124,6 +124,13 @@ async fn scenario(fault: Fault) -> anyhow::Result<()> {
         jobs,
         "every job ended exactly once"
     );
+    // The gateway's internal calls have a 10 s deadline: no call may hang longer,
+    // whatever is down.
+    assert!(
+        accounting.slowest_call_seconds < 12.0,
+        "a submit took {:.1}s",
+        accounting.slowest_call_seconds
+    );
     Ok(())
 }
 

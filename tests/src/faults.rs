@@ -515,6 +515,9 @@ pub struct Submitted {
     pub run: String,
     pub accepted: HashMap<usize, (String, Kind)>,
     pub retries: usize,
+    /// The longest single submit call, failed or not: outages must not make
+    /// calls hang past their deadline.
+    pub slowest_call: Duration,
 }
 
 fn retryable(code: Code) -> bool {
@@ -541,6 +544,7 @@ pub async fn submit_workload(
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let results = Arc::new(Mutex::new(HashMap::new()));
     let retries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let slowest = Arc::new(Mutex::new(Duration::ZERO));
     let deadline = Instant::now() + limit;
     let mut lanes = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
@@ -551,6 +555,7 @@ pub async fn submit_workload(
             Arc::clone(&retries),
             run.clone(),
         );
+        let slowest = Arc::clone(&slowest);
         lanes.spawn(async move {
             loop {
                 let n = next.fetch_add(1, Ordering::SeqCst);
@@ -560,7 +565,14 @@ pub async fn submit_workload(
                 let kind = Kind::of(n);
                 let request = kind.request(&run, n);
                 let id = loop {
-                    match client.clone().submit_job(request.clone()).await {
+                    let call = Instant::now();
+                    let outcome = client.clone().submit_job(request.clone()).await;
+                    let took = call.elapsed();
+                    {
+                        let mut slowest = slowest.lock().await;
+                        *slowest = (*slowest).max(took);
+                    }
+                    match outcome {
                         Ok(reply) => break reply.into_inner().job.context("no job")?.id,
                         Err(status) if retryable(status.code()) && Instant::now() < deadline => {
                             retries.fetch_add(1, Ordering::SeqCst);
@@ -598,10 +610,12 @@ pub async fn submit_workload(
         lane??;
     }
     let accepted = std::mem::take(&mut *results.lock().await);
+    let slowest_call = *slowest.lock().await;
     Ok(Submitted {
         run,
         accepted,
         retries: retries.load(Ordering::SeqCst),
+        slowest_call,
     })
 }
 
@@ -614,6 +628,7 @@ pub struct Accounting {
     pub cancelled: usize,
     pub retried: usize,
     pub client_retries: usize,
+    pub slowest_call_seconds: f64,
     pub seconds_to_settle: f64,
 }
 
@@ -683,6 +698,7 @@ pub async fn account(
     let mut acc = Accounting {
         accepted: rows.len(),
         client_retries: submitted.retries,
+        slowest_call_seconds: submitted.slowest_call.as_secs_f64(),
         seconds_to_settle: settle,
         ..Default::default()
     };

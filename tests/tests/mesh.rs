@@ -721,3 +721,110 @@ async fn timeouts_fail_the_attempt_and_panics_do_not_kill_the_worker() -> anyhow
     mesh.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_runs_a_command_per_job_and_kills_its_process_group_on_cancel() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("jobmesh-exec-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let pid_file = dir.join("child.pid");
+    std::fs::write(
+        dir.join("job.sh"),
+        "read -r args || true\n\
+         echo '{\"progress\": 50, \"message\": \"half\"}'\n\
+         echo 'a plain log line'\n\
+         echo \"{\\\"result\\\": {\\\"args\\\": $args, \\\"attempt\\\": $JOBMESH_ATTEMPT}}\"\n",
+    )?;
+    std::fs::write(
+        dir.join("hang.sh"),
+        format!(
+            "sleep 300 &\necho $! > {}\necho '{{\"progress\": 10, \"message\": \"started\"}}'\nwait\n",
+            pid_file.display()
+        ),
+    )?;
+    let mut handlers = Handlers::new();
+    jobmesh_worker::register_exec(
+        &mut handlers,
+        "test.exec",
+        &format!("sh {}", dir.join("job.sh").display()),
+    );
+    jobmesh_worker::register_exec(
+        &mut handlers,
+        "test.hang",
+        &format!("sh {}", dir.join("hang.sh").display()),
+    );
+    jobmesh_worker::register_exec(&mut handlers, "test.exit", "echo 'disk full' >&2; exit 3");
+    let mesh = Mesh::start(MeshOptions {
+        workers: vec![WorkerSpec {
+            worker_id: "exec".into(),
+            slots: 4,
+            handlers,
+        }],
+        ..Default::default()
+    })
+    .await?;
+
+    // Args on stdin, progress and result as JSON lines on stdout.
+    let job = mesh.submit(submit("test.exec", json!({"x": 1}))).await?;
+    let events = mesh.watch(&job.id, LIMIT).await?;
+    let last = events.last().expect("events");
+    assert_eq!(last.state(), JobState::Succeeded, "{last:?}");
+    let result = serde_json::Value::Object(struct_to_json(last.result.as_ref().expect("result")));
+    assert_eq!(result, json!({"args": {"x": 1.0}, "attempt": 1.0}));
+
+    // A non-zero exit fails the attempt with the stderr tail.
+    let mut exit = submit("test.exit", json!({}));
+    exit.max_attempts = 1;
+    let exit = mesh.submit(exit).await?;
+    let failed = mesh.finished(&exit.id, LIMIT).await?;
+    assert_eq!(failed.state(), JobState::Failed);
+    assert_eq!(
+        failed.error.expect("error").message,
+        "the command exited with status 3: disk full"
+    );
+
+    // Cancelling kills the whole process group, children included.
+    let hang = mesh.submit(submit("test.hang", json!({}))).await?;
+    let mut stream = mesh
+        .jobs()
+        .watch_job(v1::WatchJobRequest {
+            job_id: hang.id.clone(),
+        })
+        .await?
+        .into_inner();
+    while let Some(event) = stream.message().await? {
+        if event
+            .job
+            .is_some_and(|j| j.progress.is_some_and(|p| p.percent == 10))
+        {
+            break;
+        }
+    }
+    let child: u32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
+    let alive = |pid: u32| {
+        std::process::Command::new("kill")
+            .args(["-0", &pid.to_string()])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    assert!(alive(child), "the command's child runs");
+    mesh.jobs()
+        .cancel_job(v1::CancelJobRequest {
+            job_id: hang.id.clone(),
+        })
+        .await?;
+    let cancelled = mesh.finished(&hang.id, LIMIT).await?;
+    assert_eq!(cancelled.state(), JobState::Cancelled);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while alive(child) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !alive(child),
+        "the child of a cancelled command was killed with its group"
+    );
+    mesh.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -30,6 +30,18 @@ pub struct Config {
     /// dispatcher), for container and Kubernetes probes; none by default.
     #[arg(long, env = "JOBMESH_HEALTH_LISTEN")]
     pub health_listen: Option<String>,
+    /// Run a command per job of a task: `TASK=COMMAND` (repeatable; in the
+    /// environment, separated by `;`). The command runs as `sh -c COMMAND` with the
+    /// job's args as JSON on stdin; JSON lines on stdout report progress
+    /// (`{"progress": 50, "message": "…"}`), the result (`{"result": {…}}`) or an
+    /// error (`{"error": "…", "retryable": false}`).
+    #[arg(
+        long = "exec",
+        env = "JOBMESH_WORKER_EXEC",
+        value_delimiter = ';',
+        value_name = "TASK=COMMAND"
+    )]
+    pub exec: Vec<String>,
 }
 
 impl Config {
@@ -42,6 +54,7 @@ impl Config {
             tasks: Vec::new(),
             shutdown_grace_ms: 30_000,
             health_listen: None,
+            exec: Vec::new(),
         }
     }
 

@@ -6,6 +6,7 @@
 
 mod builtin;
 mod config;
+mod exec;
 mod handler;
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 pub use config::Config;
+pub use exec::register as register_exec;
 pub use handler::{Handler, Handlers, JobContext, TaskError};
 
 /// Outbound reports buffered per session; a full queue slows handlers down.
@@ -41,9 +43,14 @@ pub enum RunError {
     Config(String),
 }
 
-/// Runs a worker with the built-in tasks until `shutdown`.
+/// Runs a worker with the built-in tasks and the `--exec` commands until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
-    run_with(config, Handlers::builtin(), shutdown).await
+    let mut handlers = Handlers::builtin();
+    for spec in &config.exec {
+        let (task, command) = exec::parse(spec).map_err(RunError::Config)?;
+        exec::register(&mut handlers, &task, &command);
+    }
+    run_with(config, handlers, shutdown).await
 }
 
 /// Runs a worker with the given handlers until `shutdown`. On shutdown it stops
