@@ -22,6 +22,7 @@ const LEASE_MS: u64 = 3000;
 enum Fault {
     KillWorker,
     TermWorker,
+    TermServices,
     KillDispatcher,
     KillJobStore,
     KillGateway,
@@ -48,6 +49,20 @@ async fn inject(cluster: &mut Cluster, fault: Fault) -> anyhow::Result<()> {
                 "the worker did not exit cleanly within its grace period"
             );
             cluster.workers[0].start()?;
+        }
+        Fault::TermServices => {
+            // Each service drains and exits 0 on SIGTERM, then comes back.
+            for name in ["dispatcher", "job-store", "gateway"] {
+                let process = match name {
+                    "dispatcher" => &mut cluster.dispatcher,
+                    "job-store" => &mut cluster.job_store,
+                    _ => &mut cluster.gateway,
+                };
+                let clean = process.terminate(Duration::from_secs(15)).await?;
+                anyhow::ensure!(clean, "{name} did not exit cleanly within 15s of SIGTERM");
+                process.start()?;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
         }
         Fault::KillDispatcher => {
             cluster.dispatcher.kill9().await?;
@@ -142,6 +157,44 @@ async fn kill_9_worker() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_worker_drains() -> anyhow::Result<()> {
     scenario(Fault::TermWorker).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_each_service_drains_and_restarts() -> anyhow::Result<()> {
+    scenario(Fault::TermServices).await
+}
+
+/// Jobs committed while NATS is down cannot be published; job-store then dies
+/// (`kill -9`) holding them. After both come back, every job runs, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_publishes_after_job_store_died_before_publishing() -> anyhow::Result<()> {
+    let _one_at_a_time = SERIAL.lock().await;
+    let jobs = 300;
+    let mut cluster = Cluster::start(ClusterOptions {
+        binary: PathBuf::from(env!("CARGO_BIN_EXE_jobmesh")),
+        workers: 2,
+        slots: 8,
+        lease_ms: LEASE_MS,
+    })
+    .await?;
+    cluster.nats.kill9().await?;
+    let submitted = submit_workload(cluster.jobs(), jobs, 16, Duration::from_secs(60)).await?;
+    let unpublished = cluster.outbox_rows().await?;
+    cluster.job_store.kill9().await?;
+    cluster.nats.start()?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.job_store.start()?;
+    let result = account(&cluster, &submitted, Duration::from_secs(120)).await;
+    let logs = cluster.logs();
+    cluster.stop().await;
+    let accounting = result.map_err(|e| anyhow::anyhow!("{e}\n{logs}"))?;
+    eprintln!("OutboxAfterCrash: {unpublished} rows unpublished at the kill; {accounting:?}");
+    assert!(
+        unpublished > 200,
+        "the jobs were committed but not published when job-store died ({unpublished})"
+    );
+    assert_eq!(accounting.accepted, jobs);
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

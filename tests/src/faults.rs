@@ -353,7 +353,7 @@ impl Cluster {
         wait_port(gateway_port, Duration::from_secs(30))
             .await
             .context("gateway did not start")?;
-        Ok(Self {
+        let cluster = Self {
             dir,
             database,
             gateway_url: format!("http://127.0.0.1:{gateway_port}"),
@@ -364,13 +364,70 @@ impl Cluster {
             workers,
             postgres_link,
             worker_link,
-        })
+        };
+        cluster.wait_ready().await?;
+        Ok(cluster)
+    }
+
+    /// Waits until a job submitted through the gateway has run: every service and
+    /// a worker are up.
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let probe = v1::SubmitJobRequest {
+            task: "demo.echo".to_owned(),
+            ..Default::default()
+        };
+        let mut jobs = self.jobs();
+        let id = loop {
+            match jobs.submit_job(probe.clone()).await {
+                Ok(reply) => break reply.into_inner().job.context("no job")?.id,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(status) => bail!(
+                    "the cluster did not accept a job: {status:?}\n{}",
+                    self.logs()
+                ),
+            }
+        };
+        loop {
+            let job = jobs
+                .get_job(v1::GetJobRequest { job_id: id.clone() })
+                .await?
+                .into_inner()
+                .job
+                .context("no job")?;
+            if job.state() == v1::JobState::Succeeded {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the probe job did not run within 30s: {job:?}\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn jobs(&self) -> JobServiceClient<Channel> {
         JobServiceClient::new(
             jobmesh_runtime::grpc::channel(&self.gateway_url).expect("loopback url"),
         )
+    }
+
+    /// Rows waiting in job-store's outbox (committed, not yet in JetStream).
+    pub async fn outbox_rows(&self) -> anyhow::Result<i64> {
+        let (client, connection) = tokio_postgres::connect(
+            &format!("{}/{}", crate::postgres_server(), self.database),
+            tokio_postgres::NoTls,
+        )
+        .await?;
+        tokio::spawn(connection);
+        Ok(client
+            .query_one("SELECT count(*) FROM outbox", &[])
+            .await?
+            .get(0))
     }
 
     /// The logs of every process, last lines, for a failing scenario.

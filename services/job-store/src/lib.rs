@@ -54,10 +54,9 @@ pub async fn run(
         .connect("jobmesh-job-store")
         .await
         .map_err(|e| nats_error(e.to_string()))?;
+    // The stream is created by the outbox relay, retried until NATS answers:
+    // job-store accepts jobs while NATS is down (they wait in the outbox).
     let jetstream = async_nats::jetstream::new(client.clone());
-    jobmesh_runtime::nats::ensure_stream(&jetstream, &config.nats)
-        .await
-        .map_err(|e| nats_error(format!("cannot create the work-queue stream: {e}")))?;
 
     let wakeup = Arc::new(Notify::new());
     let events = events::Events::new(client.clone(), config.nats.clone());

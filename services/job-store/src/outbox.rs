@@ -34,6 +34,18 @@ impl Relay {
     /// Runs until `shutdown`, then finishes the pass in progress.
     pub(crate) async fn run(self, shutdown: CancellationToken) {
         loop {
+            match jobmesh_runtime::nats::ensure_stream(&self.jetstream, &self.nats).await {
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot create the work-queue stream yet; jobs wait in the outbox");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+        loop {
             loop {
                 match self.pass().await {
                     Ok(n) if n as i64 >= BATCH => continue,
