@@ -595,12 +595,24 @@ async fn resubmitting_with_an_idempotency_key_returns_the_first_job() -> anyhow:
     assert_eq!(first.id, second.id);
     let done = mesh.finished(&first.id, LIMIT).await?;
     assert_eq!(done.state(), JobState::Succeeded);
+    // Concurrent resubmissions (stored together in one batch) agree on one job too.
+    let mut burst = submit("nobody.runs_this", json!({}));
+    burst.idempotency_key = "burst".to_owned();
+    let ids: Vec<String> = futures::future::join_all((0..20).map(|_| mesh.submit(burst.clone())))
+        .await
+        .into_iter()
+        .map(|job| job.map(|j| j.id))
+        .collect::<Result<_, _>>()?;
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "one id for one key: {ids:?}"
+    );
     let all = mesh
         .jobs()
         .list_jobs(v1::ListJobsRequest::default())
         .await?
         .into_inner();
-    assert_eq!(all.jobs.len(), 1, "one job for one key");
+    assert_eq!(all.jobs.len(), 2, "one job per key");
     mesh.stop().await;
     Ok(())
 }

@@ -29,6 +29,7 @@ const WATCH_BUFFER: usize = 64;
 const WATCH_RESYNC: Duration = Duration::from_secs(2);
 
 pub(crate) struct JobStoreGrpc {
+    pub(crate) creator: crate::batch::Creator,
     pub(crate) store: Store,
     pub(crate) shutdown: CancellationToken,
 }
@@ -92,7 +93,7 @@ impl JobStoreService for JobStoreGrpc {
             schedule_time: r.schedule_time.and_then(|t| SystemTime::try_from(t).ok()),
             retry: retry_policy(r.retry_policy),
         };
-        let (stored, created) = self.store.create(new).await?;
+        let (stored, created) = self.creator.create(new).await?;
         Ok(Response::new(pb::CreateJobResponse {
             job: job(&stored),
             created,

@@ -3,6 +3,7 @@
 //! publishes runnable attempts to JetStream, the lease sweeper, and the job event
 //! stream that watchers follow.
 
+mod batch;
 mod config;
 mod db;
 mod error;
@@ -86,7 +87,9 @@ pub async fn run(
     health
         .set_serving::<JobStoreServiceServer<grpc::JobStoreGrpc>>()
         .await;
+    let creator = batch::Creator::start(store.clone(), background.clone());
     let service = JobStoreServiceServer::new(grpc::JobStoreGrpc {
+        creator,
         store,
         shutdown: shutdown.clone(),
     })

@@ -60,25 +60,69 @@ impl Store {
         &self.events
     }
 
-    /// Stores a job and its first attempt's outbox row in one statement. Returns the
-    /// existing job (and `false`) when the idempotency key was used before.
-    pub(crate) async fn create(&self, new: NewJob) -> Result<(Job, bool)> {
+    /// Stores jobs and their first attempts' outbox rows in one statement (one
+    /// commit for the whole batch). For each job, returns the stored job and
+    /// `true`, or the existing job and `false` when its idempotency key was used
+    /// before (also by an earlier job of the same batch).
+    pub(crate) async fn create_many(&self, batch: Vec<NewJob>) -> Result<Vec<(Job, bool)>> {
         let client = self.pool.get().await?;
-        let id = Uuid::now_v7();
-        let labels = serde_json::Value::Object(
-            new.labels
-                .iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-                .collect(),
+        let n = batch.len();
+        let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
+        let (mut tenants, mut tasks, mut args, mut max_attempts) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
         );
-        let args = serde_json::Value::Object(new.args);
-        let timeout_ms = new.timeout.map(ms);
+        let (mut labels, mut priorities, mut timeouts, mut schedules, mut keys) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut initial, mut max, mut multiplier, mut jitter) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for new in &batch {
+            tenants.push(new.tenant.clone());
+            tasks.push(new.task.clone());
+            args.push(serde_json::Value::Object(new.args.clone()));
+            max_attempts.push(new.max_attempts);
+            labels.push(serde_json::Value::Object(
+                new.labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                    .collect(),
+            ));
+            priorities.push(new.priority);
+            timeouts.push(new.timeout.map(ms));
+            schedules.push(new.schedule_time);
+            keys.push(new.idempotency_key.clone());
+            initial.push(ms(new.retry.initial_backoff));
+            max.push(ms(new.retry.max_backoff));
+            multiplier.push(new.retry.multiplier);
+            jitter.push(new.retry.jitter);
+        }
         let sql = format!(
-            "WITH j AS (
+            "WITH input AS (
+                SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::integer[],
+                    $6::jsonb[], $7::integer[], $8::bigint[], $9::timestamptz[], $10::text[],
+                    $11::bigint[], $12::bigint[], $13::double precision[], $14::double precision[])
+                AS t(id, tenant, task, args, max_attempts, labels, priority, timeout_ms,
+                    schedule_time, idempotency_key, retry_initial_ms, retry_max_ms,
+                    retry_multiplier, retry_jitter)),
+            j AS (
                 INSERT INTO jobs (id, tenant, task, args, state, max_attempts, labels, priority,
                     timeout_ms, schedule_time, idempotency_key, retry_initial_ms, retry_max_ms,
                     retry_multiplier, retry_jitter)
-                VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                SELECT id, tenant, task, args, 'queued', max_attempts, labels, priority,
+                    timeout_ms, schedule_time, idempotency_key, retry_initial_ms, retry_max_ms,
+                    retry_multiplier, retry_jitter
+                FROM input ORDER BY id
                 ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                 RETURNING {JOB_COLUMNS}),
             o AS (
@@ -90,38 +134,51 @@ impl Store {
             .query(
                 &sql,
                 &[
-                    &id,
-                    &new.tenant,
-                    &new.task,
+                    &ids,
+                    &tenants,
+                    &tasks,
                     &args,
-                    &new.max_attempts,
+                    &max_attempts,
                     &labels,
-                    &new.priority,
-                    &timeout_ms,
-                    &new.schedule_time,
-                    &new.idempotency_key,
-                    &ms(new.retry.initial_backoff),
-                    &ms(new.retry.max_backoff),
-                    &new.retry.multiplier,
-                    &new.retry.jitter,
+                    &priorities,
+                    &timeouts,
+                    &schedules,
+                    &keys,
+                    &initial,
+                    &max,
+                    &multiplier,
+                    &jitter,
                 ],
             )
             .await?;
-        if let Some(job) = one(&rows)? {
-            self.outbox_wakeup.notify_one();
-            tracing::debug!(job_id = %job.id, tenant = %job.tenant, task = %job.task, "job created");
-            return Ok((job, true));
+        let mut created: std::collections::HashMap<Uuid, Job> = std::collections::HashMap::new();
+        for row in &rows {
+            let job = Job::try_from(row)?;
+            created.insert(job.id, job);
         }
-        // The key was taken: return the job that holds it.
-        let sql =
-            format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = $1 AND idempotency_key = $2");
-        let rows = client
-            .query(&sql, &[&new.tenant, &new.idempotency_key])
-            .await?;
-        let job = one(&rows)?.ok_or_else(|| {
-            Error::Corrupt("idempotency key conflict without a holder".to_owned())
-        })?;
-        Ok((job, false))
+        if !created.is_empty() {
+            self.outbox_wakeup.notify_one();
+        }
+        let mut out = Vec::with_capacity(n);
+        for (id, new) in ids.iter().zip(batch) {
+            if let Some(job) = created.remove(id) {
+                tracing::debug!(job_id = %job.id, tenant = %job.tenant, task = %job.task, "job created");
+                out.push((job, true));
+                continue;
+            }
+            // The key was taken (before, or by an earlier job of this batch).
+            let sql = format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = $1 AND idempotency_key = $2"
+            );
+            let rows = client
+                .query(&sql, &[&new.tenant, &new.idempotency_key])
+                .await?;
+            let job = one(&rows)?.ok_or_else(|| {
+                Error::Corrupt("idempotency key conflict without a holder".to_owned())
+            })?;
+            out.push((job, false));
+        }
+        Ok(out)
     }
 
     /// One job of a tenant.
