@@ -70,8 +70,12 @@ impl Relay {
         let tx = client.transaction().await.map_err(|e| e.to_string())?;
         let rows = tx
             .query(
-                "SELECT id, job_id, attempt, task FROM outbox
+                &tx.prepare_cached(
+                    "SELECT id, job_id, attempt, task FROM outbox
                  WHERE available_at <= now() ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                )
+                .await
+                .map_err(|e| e.to_string())?,
                 &[&BATCH],
             )
             .await
@@ -116,9 +120,14 @@ impl Relay {
                 Err(_) => tracing::warn!(outbox_id, "JetStream ack timed out"),
             }
         }
-        tx.execute("DELETE FROM outbox WHERE id = ANY($1)", &[&published])
-            .await
-            .map_err(|e| e.to_string())?;
+        tx.execute(
+            &tx.prepare_cached("DELETE FROM outbox WHERE id = ANY($1)")
+                .await
+                .map_err(|e| e.to_string())?,
+            &[&published],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         tx.commit().await.map_err(|e| e.to_string())?;
         Ok(published.len())
     }

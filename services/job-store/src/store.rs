@@ -132,7 +132,7 @@ impl Store {
         );
         let rows = client
             .query(
-                &sql,
+                &client.prepare_cached(&sql).await?,
                 &[
                     &ids,
                     &tenants,
@@ -171,7 +171,10 @@ impl Store {
                 "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = $1 AND idempotency_key = $2"
             );
             let rows = client
-                .query(&sql, &[&new.tenant, &new.idempotency_key])
+                .query(
+                    &client.prepare_cached(&sql).await?,
+                    &[&new.tenant, &new.idempotency_key],
+                )
                 .await?;
             let job = one(&rows)?.ok_or_else(|| {
                 Error::Corrupt("idempotency key conflict without a holder".to_owned())
@@ -185,7 +188,9 @@ impl Store {
     pub(crate) async fn get(&self, tenant: &str, id: Uuid) -> Result<Job> {
         let client = self.pool.get().await?;
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND tenant = $2");
-        let rows = client.query(&sql, &[&id, &tenant]).await?;
+        let rows = client
+            .query(&client.prepare_cached(&sql).await?, &[&id, &tenant])
+            .await?;
         one(&rows)?.ok_or_else(|| Error::NotFound {
             job_id: id.to_string(),
         })
@@ -222,7 +227,9 @@ impl Store {
         }
         params.push(&limit);
         sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", params.len()));
-        let rows = client.query(&sql, &params).await?;
+        let rows = client
+            .query(&client.prepare_cached(&sql).await?, &params)
+            .await?;
         rows.iter().map(Job::try_from).collect()
     }
 
@@ -234,7 +241,9 @@ impl Store {
         let tx = client.transaction().await?;
         let sql =
             format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND tenant = $2 FOR UPDATE");
-        let rows = tx.query(&sql, &[&id, &tenant]).await?;
+        let rows = tx
+            .query(&tx.prepare_cached(&sql).await?, &[&id, &tenant])
+            .await?;
         let job = one(&rows)?.ok_or_else(|| Error::NotFound {
             job_id: id.to_string(),
         })?;
@@ -248,15 +257,19 @@ impl Store {
             }
             State::Running if job.cancel_requested => return Ok(job),
             State::Queued => {
-                tx.execute("DELETE FROM outbox WHERE job_id = $1", &[&id])
-                    .await?;
+                tx.execute(
+                    &tx.prepare_cached("DELETE FROM outbox WHERE job_id = $1")
+                        .await?,
+                    &[&id],
+                )
+                .await?;
                 let sql = format!(
                     "UPDATE jobs SET state = 'cancelled', finish_time = now(), update_time = now(),
                         error_message = 'cancelled by request', error_retryable = false,
                         error_attempt = attempt, version = version + 1
                      WHERE id = $1 RETURNING {JOB_COLUMNS}"
                 );
-                tx.query(&sql, &[&id]).await?
+                tx.query(&tx.prepare_cached(&sql).await?, &[&id]).await?
             }
             State::Running => {
                 let sql = format!(
@@ -264,7 +277,7 @@ impl Store {
                         update_time = now(), version = version + 1
                      WHERE id = $1 RETURNING {JOB_COLUMNS}"
                 );
-                tx.query(&sql, &[&id]).await?
+                tx.query(&tx.prepare_cached(&sql).await?, &[&id]).await?
             }
         };
         tx.commit().await?;
@@ -297,7 +310,10 @@ impl Store {
              RETURNING {JOB_COLUMNS}"
         );
         let rows = client
-            .query(&sql, &[&id, &attempt, &worker_id, &ms(lease)])
+            .query(
+                &client.prepare_cached(&sql).await?,
+                &[&id, &attempt, &worker_id, &ms(lease)],
+            )
             .await?;
         match one(&rows)? {
             Some(job) => {
@@ -323,11 +339,10 @@ impl Store {
         let ids: Vec<Uuid> = attempts.iter().map(|(id, _)| *id).collect();
         let numbers: Vec<i32> = attempts.iter().map(|(_, a)| *a).collect();
         let rows = client
-            .query(
-                "UPDATE jobs j SET lease_expires_at = now() + $3::bigint * interval '1 millisecond'
+            .query(&client.prepare_cached("UPDATE jobs j SET lease_expires_at = now() + $3::bigint * interval '1 millisecond'
                  FROM unnest($1::uuid[], $2::integer[]) AS i(id, attempt)
                  WHERE j.id = i.id AND j.attempt = i.attempt AND j.state = 'running'
-                 RETURNING j.id, j.attempt, j.cancel_requested",
+                 RETURNING j.id, j.attempt, j.cancel_requested").await?,
                 &[&ids, &numbers, &ms(lease)],
             )
             .await?;
@@ -365,7 +380,10 @@ impl Store {
              RETURNING {JOB_COLUMNS}"
         );
         let rows = client
-            .query(&sql, &[&id, &attempt, &percent, &message])
+            .query(
+                &client.prepare_cached(&sql).await?,
+                &[&id, &attempt, &percent, &message],
+            )
             .await?;
         match one(&rows)? {
             Some(job) => {
@@ -391,7 +409,12 @@ impl Store {
              WHERE id = $1 AND attempt = $2 AND state = 'running'
              RETURNING {JOB_COLUMNS}"
         );
-        let rows = client.query(&sql, &[&id, &attempt, &result]).await?;
+        let rows = client
+            .query(
+                &client.prepare_cached(&sql).await?,
+                &[&id, &attempt, &result],
+            )
+            .await?;
         match one(&rows)? {
             Some(job) => {
                 tracing::debug!(job_id = %id, attempt, "job succeeded");
@@ -415,7 +438,7 @@ impl Store {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE");
-        let rows = tx.query(&sql, &[&id]).await?;
+        let rows = tx.query(&tx.prepare_cached(&sql).await?, &[&id]).await?;
         let job = one(&rows)?.ok_or_else(|| Error::NotFound {
             job_id: id.to_string(),
         })?;
@@ -430,7 +453,8 @@ impl Store {
                  WHERE id = $1 RETURNING {JOB_COLUMNS}"
             );
             let message = format!("cancelled by request (the attempt ended with: {message})");
-            tx.query(&sql, &[&id, &message]).await?
+            tx.query(&tx.prepare_cached(&sql).await?, &[&id, &message])
+                .await?
         } else if retryable && job.attempt < job.max_attempts {
             let backoff = job.retry.backoff(job.attempt);
             let sql = format!(
@@ -439,10 +463,15 @@ impl Store {
                     error_attempt = attempt, update_time = now(), version = version + 1
                  WHERE id = $1 RETURNING {JOB_COLUMNS}"
             );
-            let rows = tx.query(&sql, &[&id, &message]).await?;
+            let rows = tx
+                .query(&tx.prepare_cached(&sql).await?, &[&id, &message])
+                .await?;
             tx.execute(
-                "INSERT INTO outbox (job_id, attempt, task, available_at)
+                &tx.prepare_cached(
+                    "INSERT INTO outbox (job_id, attempt, task, available_at)
                  VALUES ($1, $2, $3, now() + $4::bigint * interval '1 millisecond')",
+                )
+                .await?,
                 &[&id, &(attempt + 1), &job.task, &ms(backoff)],
             )
             .await?;
@@ -455,7 +484,11 @@ impl Store {
                     update_time = now(), version = version + 1
                  WHERE id = $1 RETURNING {JOB_COLUMNS}"
             );
-            tx.query(&sql, &[&id, &message, &retryable]).await?
+            tx.query(
+                &tx.prepare_cached(&sql).await?,
+                &[&id, &message, &retryable],
+            )
+            .await?
         };
         tx.commit().await?;
         let job = one(&rows)?.ok_or_else(|| Error::NotFound {
@@ -480,7 +513,9 @@ impl Store {
              WHERE id = $1 AND attempt = $2 AND state = 'running' AND cancel_requested
              RETURNING {JOB_COLUMNS}"
         );
-        let rows = client.query(&sql, &[&id, &attempt]).await?;
+        let rows = client
+            .query(&client.prepare_cached(&sql).await?, &[&id, &attempt])
+            .await?;
         drop(client);
         match one(&rows)? {
             Some(job) => {
@@ -502,9 +537,13 @@ impl Store {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT id, attempt, worker_id FROM jobs
+                &client
+                    .prepare_cached(
+                        "SELECT id, attempt, worker_id FROM jobs
                  WHERE state = 'running' AND lease_expires_at < now()
                  ORDER BY lease_expires_at LIMIT $1",
+                    )
+                    .await?,
                 &[&limit],
             )
             .await?;
@@ -522,11 +561,10 @@ impl Store {
     ) -> Result<Vec<(Uuid, i32, i64)>> {
         let client = self.pool.get().await?;
         let rows = client
-            .query(
-                "SELECT id, attempt, timeout_ms FROM jobs
+            .query(&client.prepare_cached("SELECT id, attempt, timeout_ms FROM jobs
                  WHERE state = 'running' AND timeout_ms IS NOT NULL
                    AND attempt_start_time + (timeout_ms + $1::bigint) * interval '1 millisecond' < now()
-                 LIMIT $2",
+                 LIMIT $2").await?,
                 &[&ms(grace), &limit],
             )
             .await?;
@@ -552,7 +590,9 @@ impl Store {
                  AND cancel_request_time < now() - $1::bigint * interval '1 millisecond' LIMIT $2)
              RETURNING {JOB_COLUMNS}"
         );
-        let rows = client.query(&sql, &[&ms(grace), &limit]).await?;
+        let rows = client
+            .query(&client.prepare_cached(&sql).await?, &[&ms(grace), &limit])
+            .await?;
         for row in &rows {
             let job = Job::try_from(row)?;
             self.events.publish(&job).await;
@@ -564,7 +604,9 @@ impl Store {
     async fn explain_fence(&self, id: Uuid, attempt: i32, expected: State) -> Result<Error> {
         let client = self.pool.get().await?;
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
-        let rows = client.query(&sql, &[&id]).await?;
+        let rows = client
+            .query(&client.prepare_cached(&sql).await?, &[&id])
+            .await?;
         Ok(match one(&rows)? {
             None => Error::NotFound {
                 job_id: id.to_string(),
