@@ -2,8 +2,11 @@
 //! `<prefix>.events.<job_id>` as an encoded `jobmesh.v1.Job`, and cancellation
 //! requests of running attempts on `<prefix>.cancel` for the dispatchers.
 //!
-//! Publishing is best effort: watchers detect a missing version and re-read the job
-//! from PostgreSQL, which stays the truth.
+//! Publishing is best effort and never blocks a state change: events go through a
+//! bounded queue to one publisher task, and are dropped when the queue is full (NATS
+//! down or slow). Watchers detect a missing version and re-read the job from
+//! PostgreSQL, which stays the truth; dispatchers get cancellations on their next
+//! lease renewal.
 
 use jobmesh_proto::internal::{CancelNotice, JobAttempt};
 use jobmesh_proto::v1;
@@ -13,16 +16,41 @@ use uuid::Uuid;
 
 use crate::model::Job;
 
+/// Events waiting for the publisher task.
+const QUEUE: usize = 8192;
+
 /// Publisher of job events.
 #[derive(Clone)]
 pub(crate) struct Events {
     client: async_nats::Client,
     nats: NatsConfig,
+    queue: tokio::sync::mpsc::Sender<(String, bytes::Bytes)>,
 }
 
 impl Events {
     pub(crate) fn new(client: async_nats::Client, nats: NatsConfig) -> Self {
-        Self { client, nats }
+        let (queue, mut rx) = tokio::sync::mpsc::channel::<(String, bytes::Bytes)>(QUEUE);
+        let publisher = client.clone();
+        tokio::spawn(async move {
+            while let Some((subject, payload)) = rx.recv().await {
+                if let Err(error) = publisher.publish(subject, payload).await {
+                    tracing::debug!(%error, "event not published; watchers re-read");
+                }
+            }
+        });
+        Self {
+            client,
+            nats,
+            queue,
+        }
+    }
+
+    fn send(&self, subject: String, payload: Vec<u8>) {
+        if self.queue.try_send((subject, payload.into())).is_err() {
+            tracing::debug!(
+                "event queue full (NATS slow or down); event dropped, watchers re-read"
+            );
+        }
     }
 
     pub(crate) fn client(&self) -> &async_nats::Client {
@@ -36,10 +64,7 @@ impl Events {
     /// Announces a committed change of a job.
     pub(crate) async fn publish(&self, job: &Job) {
         let payload = v1::Job::from(job).encode_to_vec();
-        let subject = self.nats.events_subject(&job.id.to_string());
-        if let Err(error) = self.client.publish(subject, payload.into()).await {
-            tracing::warn!(job_id = %job.id, %error, "job event not published; watchers will re-read");
-        }
+        self.send(self.nats.events_subject(&job.id.to_string()), payload);
     }
 
     /// Tells every dispatcher that a running attempt must stop.
@@ -50,12 +75,6 @@ impl Events {
                 attempt,
             }),
         };
-        if let Err(error) = self
-            .client
-            .publish(self.nats.cancel_subject(), notice.encode_to_vec().into())
-            .await
-        {
-            tracing::warn!(job_id = %id, %error, "cancel notice not published; the next lease check delivers it");
-        }
+        self.send(self.nats.cancel_subject(), notice.encode_to_vec());
     }
 }

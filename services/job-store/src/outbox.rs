@@ -18,8 +18,8 @@ use uuid::Uuid;
 
 /// Rows claimed per pass; bounds memory and the time a claim is held.
 pub(crate) const BATCH: i64 = 512;
-/// How long to wait for JetStream to acknowledge a batch before giving up on it
-/// (the rows stay and are retried).
+/// How long one pass may take to publish its batch and collect the acks before
+/// giving up on the rest (those rows stay and are retried).
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) struct Relay {
@@ -84,7 +84,9 @@ impl Relay {
             return Ok(0);
         }
         // Publish the whole batch first, then await the acks: one round trip per
-        // batch, not per row.
+        // batch, not per row. One deadline bounds the whole pass, so the claimed rows
+        // (which CancelJob may be waiting to delete) are never held for long.
+        let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
         let mut pending = Vec::with_capacity(rows.len());
         for row in &rows {
             let (outbox_id, job_id, attempt, task): (i64, Uuid, i32, String) =
@@ -100,21 +102,27 @@ impl Relay {
             let publish = jetstream::message::PublishMessage::build()
                 .payload(payload.into())
                 .message_id(format!("{job_id}:{attempt}"));
-            match self
-                .jetstream
-                .send_publish(self.nats.job_subject(&task), publish)
-                .await
-            {
-                Ok(ack) => pending.push((outbox_id, ack)),
-                Err(error) => {
+            let sent = tokio::time::timeout_at(
+                deadline,
+                self.jetstream
+                    .send_publish(self.nats.job_subject(&task), publish),
+            )
+            .await;
+            match sent {
+                Ok(Ok(ack)) => pending.push((outbox_id, ack)),
+                Ok(Err(error)) => {
                     tracing::warn!(%job_id, attempt, %error, "publish to JetStream failed");
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!(%job_id, attempt, "publish to JetStream timed out");
                     break;
                 }
             }
         }
         let mut published = Vec::with_capacity(pending.len());
         for (outbox_id, ack) in pending {
-            match tokio::time::timeout(ACK_TIMEOUT, ack).await {
+            match tokio::time::timeout_at(deadline, ack).await {
                 Ok(Ok(_)) => published.push(outbox_id),
                 Ok(Err(error)) => tracing::warn!(outbox_id, %error, "JetStream refused an attempt"),
                 Err(_) => tracing::warn!(outbox_id, "JetStream ack timed out"),
