@@ -109,10 +109,20 @@ log "Prometheus and Grafana"
 if command -v promtool >/dev/null; then
     check "promtool check config deploy/prometheus/prometheus.yml" \
         promtool check config deploy/prometheus/prometheus.yml
+    check "promtool check rules deploy/prometheus/alerts.yml" \
+        promtool check rules deploy/prometheus/alerts.yml
+    check "promtool test rules deploy/prometheus/alerts.test.yml (each alert fires when it should, only then)" \
+        promtool test rules deploy/prometheus/alerts.test.yml
 else
-    skip "promtool missing (apt-get install prometheus failed): prometheus.yml only parsed as YAML"
+    skip "promtool missing (apt-get install prometheus failed): prometheus.yml and alerts.yml only parsed as YAML"
 fi
+pycheck prometheus
 pycheck grafana
+if command -v promtool >/dev/null; then
+    n=$("$PY" deploy/check/checks.py dashboard-queries "$WORK/dashboard-rules.yml")
+    check "the dashboards' $n PromQL queries parse (promtool check rules)" \
+        promtool check rules "$WORK/dashboard-rules.yml"
+fi
 
 log "Kubernetes (deploy/k8s)"
 if command -v kubectl >/dev/null && kubectl kustomize --help >/dev/null 2>&1; then
@@ -136,12 +146,13 @@ else
     check "kubernetes-validate --strict: base manifests" kubernetes-validate --strict --quiet "${base[@]}"
     pycheck k8s base deploy/k8s/base/{config,nats,job-store,dispatcher,gateway,worker,ingress}.yaml
 fi
-# Optional manifests use CRDs (KEDA, CloudNativePG, Gateway API) whose schemas are
-# not in kubernetes-validate: they are parsed above and checked for their kinds here.
-check "optional manifests declare their kinds (KEDA ScaledObject, CNPG Cluster, GRPCRoute)" \
+# Optional manifests use CRDs (KEDA, CloudNativePG, Gateway API, Prometheus Operator)
+# whose schemas are not in kubernetes-validate: they are parsed above and checked for
+# their kinds here.
+check "optional manifests declare their kinds (KEDA ScaledObject, CNPG Cluster, GRPCRoute, PodMonitor)" \
     "$PY" -c '
 import sys, yaml
-want = {"ScaledObject", "Cluster", "GRPCRoute"}
+want = {"ScaledObject", "Cluster", "GRPCRoute", "PodMonitor"}
 kinds = {d["kind"] for f in sys.argv[1:] for d in yaml.safe_load_all(open(f)) if d}
 sys.exit(0 if want <= kinds else f"kinds {sorted(kinds)}")
 ' deploy/k8s/optional/*.yaml

@@ -3,6 +3,11 @@
 //! create/finish times from job-store (end-to-end throughput and latency, both by
 //! the database clock). Phase 2 runs M jobs one at a time, submit → watch →
 //! terminal (round trip as a client sees it).
+//!
+//! With `--overload-seconds`, it instead holds C submitters busy for that long
+//! (C well above the gateway's in-flight cap) and reports what an overloaded
+//! gateway does: accepted and refused calls per second and how fast each answer
+//! came. Refusals must be fast and nothing may time out.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,6 +36,10 @@ pub(crate) struct BenchArgs {
     /// Give up waiting for the jobs after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout_seconds: u64,
+    /// Overload mode: keep `--concurrency` submitters busy for this many seconds
+    /// and report accepted/refused rates and latencies (0: the normal bench).
+    #[arg(long, default_value_t = 0)]
+    overload_seconds: u64,
     /// Print the figures as one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -49,6 +58,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.jobs == 0 || args.concurrency == 0 {
         bail!("--jobs and --concurrency must be at least 1");
+    }
+    if args.overload_seconds > 0 {
+        return overload(&args).await;
     }
     let client = args.addr.jobs()?;
     let run_id = uuid::Uuid::now_v7().simple().to_string();
@@ -208,6 +220,113 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if succeeded != args.jobs {
         bail!("only {succeeded} of {} jobs succeeded", args.jobs);
+    }
+    Ok(())
+}
+
+/// What one overload call ended with.
+enum Outcome {
+    Accepted(f64),
+    Refused(f64),
+    Failed(tonic::Code, String, f64),
+}
+
+async fn overload(args: &BenchArgs) -> anyhow::Result<()> {
+    // HTTP/2 allows a bounded number of streams per connection: one connection
+    // per 256 submitters, as many clients would have.
+    let clients: Vec<_> = (0..args.concurrency.div_ceil(256))
+        .map(|_| args.addr.jobs())
+        .collect::<Result<_, _>>()?;
+    let until = Instant::now() + Duration::from_secs(args.overload_seconds);
+    let mut lanes = tokio::task::JoinSet::new();
+    for lane in 0..args.concurrency {
+        let mut client = clients[lane % clients.len()].clone();
+        let task = args.task.clone();
+        lanes.spawn(async move {
+            let mut outcomes = Vec::new();
+            while Instant::now() < until {
+                let mut request = tonic::Request::new(v1::SubmitJobRequest {
+                    task: task.clone(),
+                    ..Default::default()
+                });
+                request.set_timeout(Duration::from_secs(10));
+                let t0 = Instant::now();
+                let result = client.submit_job(request).await;
+                let took = t0.elapsed().as_secs_f64();
+                outcomes.push(match result {
+                    Ok(_) => Outcome::Accepted(took),
+                    Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                        // A client honouring Retry-After would wait; the bench
+                        // keeps pressing to hold the overload.
+                        Outcome::Refused(took)
+                    }
+                    Err(s) => Outcome::Failed(s.code(), s.message().to_owned(), took),
+                });
+            }
+            outcomes
+        });
+    }
+    let (mut accepted, mut refused, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+    while let Some(lane) = lanes.join_next().await {
+        for outcome in lane? {
+            match outcome {
+                Outcome::Accepted(t) => accepted.push(t),
+                Outcome::Refused(t) => refused.push(t),
+                Outcome::Failed(code, message, t) => failed.push((code, message, t)),
+            }
+        }
+    }
+    accepted.sort_by(f64::total_cmp);
+    refused.sort_by(f64::total_cmp);
+    let seconds = args.overload_seconds as f64;
+    let timeouts = failed
+        .iter()
+        .filter(|(c, _, _)| *c == tonic::Code::DeadlineExceeded)
+        .count();
+    let figures = serde_json::json!({
+        "concurrency": args.concurrency,
+        "seconds": args.overload_seconds,
+        "accepted_per_second": accepted.len() as f64 / seconds,
+        "refused_per_second": refused.len() as f64 / seconds,
+        "accepted_p50_ms": percentile(&accepted, 50.0) * 1000.0,
+        "accepted_p99_ms": percentile(&accepted, 99.0) * 1000.0,
+        "refused_p50_ms": percentile(&refused, 50.0) * 1000.0,
+        "refused_p99_ms": percentile(&refused, 99.0) * 1000.0,
+        "other_errors": failed.len(),
+        "other_errors_by_code": failed.iter().fold(
+            serde_json::Map::new(),
+            |mut counts, (code, message, _)| {
+                let entry = counts
+                    .entry(format!("{code:?}"))
+                    .or_insert(serde_json::json!({"count": 0, "example": message}));
+                entry["count"] = serde_json::json!(entry["count"].as_u64().unwrap_or(0) + 1);
+                counts
+            },
+        ),
+        "timeouts": timeouts,
+    });
+    if args.json {
+        println!("{figures}");
+    } else {
+        println!(
+            "overload: {} submitters for {} s\n\
+             accepted   {:>8.0} /s   p50 {:>8.1} ms   p99 {:>8.1} ms\n\
+             refused    {:>8.0} /s   p50 {:>8.1} ms   p99 {:>8.1} ms\n\
+             other errors {} (timeouts {})",
+            args.concurrency,
+            args.overload_seconds,
+            accepted.len() as f64 / seconds,
+            percentile(&accepted, 50.0) * 1000.0,
+            percentile(&accepted, 99.0) * 1000.0,
+            refused.len() as f64 / seconds,
+            percentile(&refused, 50.0) * 1000.0,
+            percentile(&refused, 99.0) * 1000.0,
+            failed.len(),
+            timeouts,
+        );
+    }
+    if timeouts > 0 {
+        bail!("{timeouts} calls timed out under overload");
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use jobmesh_proto::json::json_to_struct;
 use jobmesh_proto::v1::job_service_client::JobServiceClient;
 use jobmesh_proto::v1::task_service_client::TaskServiceClient;
 use jobmesh_proto::v1::{self, JobState};
-use tonic::transport::Channel;
+use jobmesh_runtime::auth::{self, AuthChannel};
 
 use crate::output;
 
@@ -23,15 +23,24 @@ pub(crate) struct GatewayAddr {
         global = true
     )]
     pub(crate) gateway: String,
+    /// Bearer token (JWT) sent with every call. Without one, a token is minted
+    /// with the dev key of `jobmesh dev` when that key exists on this machine.
+    #[arg(long, env = "JOBMESH_TOKEN", hide_env_values = true, global = true)]
+    pub(crate) token: Option<auth::Secret>,
 }
 
 impl GatewayAddr {
-    pub(crate) fn channel(&self) -> anyhow::Result<Channel> {
-        jobmesh_runtime::grpc::streaming_channel(&self.gateway)
-            .with_context(|| format!("bad gateway address {:?}", self.gateway))
+    pub(crate) fn channel(&self) -> anyhow::Result<AuthChannel> {
+        let channel = jobmesh_runtime::grpc::streaming_channel(&self.gateway)
+            .with_context(|| format!("bad gateway address {:?}", self.gateway))?;
+        let token = match &self.token {
+            Some(token) => Some(token.expose().to_owned()),
+            None => crate::token::dev_user_token(),
+        };
+        Ok(auth::with_token(channel, token.as_deref()))
     }
 
-    pub(crate) fn jobs(&self) -> anyhow::Result<JobServiceClient<Channel>> {
+    pub(crate) fn jobs(&self) -> anyhow::Result<JobServiceClient<AuthChannel>> {
         Ok(JobServiceClient::new(self.channel()?))
     }
 }

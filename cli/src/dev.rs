@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use jobmesh_runtime::NatsConfig;
+use jobmesh_runtime::auth;
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct DevArgs {
@@ -40,6 +41,17 @@ pub(crate) struct DevArgs {
     /// Slots of the built-in worker.
     #[arg(long, env = "JOBMESH_WORKER_SLOTS", default_value_t = 16)]
     worker_slots: u32,
+    /// Where the mesh's Prometheus metrics are served (all services of this
+    /// process on one endpoint, `/metrics`).
+    #[arg(long, env = "JOBMESH_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    metrics_listen: String,
+    /// Calls the gateway handles at once before refusing more (load shedding).
+    #[arg(long, env = "JOBMESH_MAX_INFLIGHT", default_value_t = 512)]
+    max_inflight: usize,
+    /// Run without authentication (every caller is tenant "default" with every
+    /// scope). Without it, the dev signing key is used and a token printed.
+    #[arg(long)]
+    insecure_no_auth: bool,
 }
 
 async fn bind(address: &str, what: &str) -> anyhow::Result<TcpListener> {
@@ -49,7 +61,7 @@ async fn bind(address: &str, what: &str) -> anyhow::Result<TcpListener> {
 }
 
 pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
-    jobmesh_runtime::telemetry::init("jobmesh-dev");
+    let _telemetry = jobmesh_runtime::telemetry::init("jobmesh-dev");
     let shutdown = jobmesh_runtime::shutdown::on_signal();
     let job_store_listener = bind(&args.job_store_listen, "job-store").await?;
     let dispatcher_listener = bind(&args.dispatcher_listen, "dispatcher").await?;
@@ -63,18 +75,67 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let stop_dispatcher = CancellationToken::new();
     let stop_edge = CancellationToken::new();
 
+    // Authentication: the dev key (created on first use) unless switched off.
+    let key_path = auth::dev_key_path();
+    let (auth_config, user_token, worker_token) = if args.insecure_no_auth {
+        tracing::warn!(
+            "AUTHENTICATION IS OFF (--insecure-no-auth): anyone who reaches these ports can submit and read jobs"
+        );
+        (auth::AuthConfig::insecure(), None, None)
+    } else {
+        if auth::ensure_dev_key(&key_path)
+            .with_context(|| format!("creating the dev signing key {}", key_path.display()))?
+        {
+            tracing::info!(path = %key_path.display(), "created the dev signing key");
+        }
+        let minter = auth::Minter::hs256_file(&key_path)?;
+        let user = minter.mint(
+            "jobmesh-dev",
+            Some(crate::token::DEV_TENANT),
+            &auth::scope::USER,
+            Duration::from_secs(30 * 24 * 3600),
+        )?;
+        let worker = minter.mint(
+            "jobmesh-dev-worker",
+            None,
+            &[auth::scope::WORKER],
+            Duration::from_secs(365 * 24 * 3600),
+        )?;
+        (
+            auth::AuthConfig::hs256_file(&key_path),
+            Some(user),
+            Some(worker),
+        )
+    };
+
     let store = tokio::spawn(jobmesh_job_store::run(
         jobmesh_job_store::Config::new(args.database_url.clone(), args.nats.clone()),
         job_store_listener,
         stop_store.clone(),
     ));
+    let mut dispatcher_config =
+        jobmesh_dispatcher::Config::new(job_store_url.clone(), args.nats.clone());
+    dispatcher_config.auth = auth_config.clone();
+    let mut gateway_config =
+        jobmesh_gateway::Config::new(job_store_url.clone(), dispatcher_url.clone());
+    gateway_config.auth = auth_config;
+    gateway_config.max_inflight = args.max_inflight;
+    // One endpoint for the whole process: the recorder is shared by its services.
+    match TcpListener::bind(&args.metrics_listen).await {
+        Ok(listener) => {
+            tokio::spawn(jobmesh_runtime::metrics::serve(listener, stop_edge.clone()));
+        }
+        Err(error) => {
+            tracing::warn!(address = %args.metrics_listen, %error, "metrics not served: cannot listen");
+        }
+    }
     let dispatcher = tokio::spawn(jobmesh_dispatcher::run(
-        jobmesh_dispatcher::Config::new(job_store_url.clone(), args.nats.clone()),
+        dispatcher_config,
         dispatcher_listener,
         stop_dispatcher.clone(),
     ));
     let gateway = tokio::spawn(jobmesh_gateway::run(
-        jobmesh_gateway::Config::new(job_store_url.clone(), dispatcher_url.clone()),
+        gateway_config,
         gateway_listener,
         stop_edge.clone(),
     ));
@@ -82,10 +143,26 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     worker_config.slots = args.worker_slots;
     worker_config.worker_id = Some(format!("dev-worker-{}", std::process::id()));
     worker_config.shutdown_grace_ms = 5_000;
+    worker_config.token = worker_token.as_deref().and_then(|t| t.parse().ok());
     let worker = tokio::spawn(jobmesh_worker::run(worker_config, stop_edge.clone()));
 
+    let auth_lines = match &user_token {
+        Some(token) => format!(
+            "  auth        JWT (HS256 dev key {}); a token for tenant \"dev\" with scopes {}, valid 30 days:\n\n  export JOBMESH_TOKEN={token}\n",
+            key_path.display(),
+            auth::scope::USER.join(" "),
+        ),
+        None => "  auth        OFF (--insecure-no-auth): every caller is tenant \"default\"\n"
+            .to_owned(),
+    };
+    let header = if user_token.is_some() {
+        " -H \"authorization: Bearer $JOBMESH_TOKEN\""
+    } else {
+        ""
+    };
     let banner = format!(
-        "jobmesh dev mesh is up\n  gateway     {gateway_addr}   (public gRPC: jobmesh.v1.JobService, TaskService, health, reflection)\n  job-store   {job_store_url}\n  dispatcher  {dispatcher_url}\n  worker      {} slots, tasks demo.echo, demo.sleep, demo.fail\n  postgres    {}\n  nats        {} (prefix {})\n\ntry:\n  grpcurl -plaintext -d '{{\"task\":\"demo.sleep\",\"args\":{{\"seconds\":3,\"steps\":5}}}}' {gateway_addr} jobmesh.v1.JobService/SubmitJob\n  grpcurl -plaintext -d '{{\"job_id\":\"<id>\"}}' {gateway_addr} jobmesh.v1.JobService/WatchJob\n  jobmesh submit demo.sleep --args '{{\"seconds\":3}}' --watch\n\nCtrl-C stops the mesh.",
+        "jobmesh dev mesh is up\n  gateway     {gateway_addr}   (gRPC: jobmesh.v1.JobService, TaskService, health, reflection; REST: /v1/..., /openapi.json)\n  metrics     http://{}/metrics\n  job-store   {job_store_url}\n  dispatcher  {dispatcher_url}\n  worker      {} slots, tasks demo.echo, demo.sleep, demo.fail\n  postgres    {}\n  nats        {} (prefix {})\n{auth_lines}\ntry:\n  grpcurl -plaintext{header} -d '{{\"task\":\"demo.sleep\",\"args\":{{\"seconds\":3,\"steps\":5}}}}' {gateway_addr} jobmesh.v1.JobService/SubmitJob\n  curl -s{header} -H 'Content-Type: application/json' -d '{{\"task\":\"demo.sleep\",\"args\":{{\"seconds\":3}}}}' http://{gateway_addr}/v1/jobs\n  curl -sN{header} http://{gateway_addr}/v1/jobs/<id>:watch\n  jobmesh submit demo.sleep --args '{{\"seconds\":3}}' --watch\n\nCtrl-C stops the mesh.",
+        args.metrics_listen,
         args.worker_slots,
         jobmesh_job_store::redact(&args.database_url),
         args.nats.url,
@@ -96,7 +173,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut store = store;
     let gateway_probe = gateway_addr.to_string();
     let early = tokio::select! {
-        ready = wait_for(&gateway_probe) => {
+        ready = wait_for(&gateway_probe, user_token.as_deref()) => {
             if ready {
                 println!("{banner}");
             } else {
@@ -134,11 +211,13 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
 
 /// Waits until the gateway answers health checks and job-store is reachable
 /// (at most 30 s).
-async fn wait_for(gateway: &str) -> bool {
+async fn wait_for(gateway: &str, token: Option<&str>) -> bool {
     let Ok(channel) = jobmesh_runtime::grpc::channel(gateway) else {
         return false;
     };
-    let mut jobs = jobmesh_proto::v1::job_service_client::JobServiceClient::new(channel);
+    let mut jobs = jobmesh_proto::v1::job_service_client::JobServiceClient::new(auth::with_token(
+        channel, token,
+    ));
     for _ in 0..300 {
         let probe = jobs
             .list_jobs(jobmesh_proto::v1::ListJobsRequest {

@@ -5,6 +5,7 @@ mod bench;
 mod client;
 mod dev;
 mod output;
+mod token;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -44,6 +45,12 @@ enum Command {
     Watch(client::JobArgs),
     /// List tasks with their workers, free slots and queue depth.
     Tasks(client::GatewayAddr),
+    /// Mint a bearer token with the mesh's signing key (the dev key by default),
+    /// to try tenants and scopes by hand.
+    Token(token::TokenArgs),
+    /// Create an HS256 signing key file (if missing) and, optionally, token files
+    /// for workers and a first user: what a deployment needs before it starts.
+    Keygen(token::KeygenArgs),
     /// Measure a running mesh: submit rate, end-to-end throughput and latency.
     Bench(bench::BenchArgs),
     /// Probe a service's grpc.health.v1 endpoint: exit 0 when SERVING, 1 otherwise
@@ -159,7 +166,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(args) => dev::run(args).await,
         Command::Gateway(args) => {
-            jobmesh_runtime::telemetry::init("jobmesh-gateway");
+            let _telemetry = jobmesh_runtime::telemetry::init("jobmesh-gateway");
             let listener = bind(&args.listen).await?;
             jobmesh_gateway::run(
                 args.config,
@@ -170,7 +177,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::JobStore(args) => {
-            jobmesh_runtime::telemetry::init("jobmesh-job-store");
+            let _telemetry = jobmesh_runtime::telemetry::init("jobmesh-job-store");
             let listener = bind(&args.listen).await?;
             jobmesh_job_store::run(
                 args.config,
@@ -181,7 +188,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dispatcher(args) => {
-            jobmesh_runtime::telemetry::init("jobmesh-dispatcher");
+            let _telemetry = jobmesh_runtime::telemetry::init("jobmesh-dispatcher");
             let listener = bind(&args.listen).await?;
             jobmesh_dispatcher::run(
                 args.config,
@@ -192,10 +199,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Worker(args) => {
-            jobmesh_runtime::telemetry::init("jobmesh-worker");
+            let _telemetry = jobmesh_runtime::telemetry::init("jobmesh-worker");
             jobmesh_worker::run(args.config, jobmesh_runtime::shutdown::on_signal()).await?;
             Ok(())
         }
+        Command::Token(args) => token::run(args),
+        Command::Keygen(args) => token::keygen(args),
         Command::Submit(args) => client::submit(args).await,
         Command::Get(args) => client::get(args).await,
         Command::List(args) => client::list(args).await,

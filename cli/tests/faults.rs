@@ -114,6 +114,7 @@ async fn scenario(fault: Fault) -> anyhow::Result<()> {
         workers: 2,
         slots: 8,
         lease_ms: LEASE_MS,
+        otlp_endpoint: None,
     })
     .await?;
     let submit = tokio::spawn(submit_workload(
@@ -175,6 +176,7 @@ async fn outbox_publishes_after_job_store_died_before_publishing() -> anyhow::Re
         workers: 2,
         slots: 8,
         lease_ms: LEASE_MS,
+        otlp_endpoint: None,
     })
     .await?;
     cluster.nats.kill9().await?;
@@ -230,4 +232,124 @@ async fn nats_killed_and_restarted() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_dispatcher_link_cut_and_restored() -> anyhow::Result<()> {
     scenario(Fault::CutWorkerLink).await
+}
+
+/// Whether the service at `url` says SERVING (for the whole server, `""`).
+async fn serving(url: &str) -> bool {
+    let Ok(channel) = jobmesh_runtime::grpc::channel(url) else {
+        return false;
+    };
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    client
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .is_ok_and(|r| {
+            r.into_inner().status()
+                == tonic_health::pb::health_check_response::ServingStatus::Serving
+        })
+}
+
+/// Waits until every `(name, url)` is (or is not) SERVING; fails after `limit`.
+async fn wait_health(
+    services: &[(&str, &str)],
+    want: bool,
+    limit: Duration,
+    why: &str,
+) -> anyhow::Result<()> {
+    let until = std::time::Instant::now() + limit;
+    loop {
+        let mut wrong = Vec::new();
+        for (name, url) in services {
+            if serving(url).await != want {
+                wrong.push(*name);
+            }
+        }
+        if wrong.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > until {
+            anyhow::bail!(
+                "{why}: {wrong:?} not {} within {limit:?}",
+                if want { "SERVING" } else { "NOT_SERVING" }
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Health tells the truth: job-store (and the services that need it) report
+/// NOT_SERVING while PostgreSQL is unreachable, the dispatcher while NATS is, and
+/// SERVING again after (job-store keeps serving without NATS: its outbox holds
+/// the jobs);
+/// `jobmesh healthcheck` exits non-zero meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_postgres_and_nats() -> anyhow::Result<()> {
+    let _one_at_a_time = SERIAL.lock().await;
+    let mut cluster = Cluster::start(ClusterOptions {
+        binary: PathBuf::from(env!("CARGO_BIN_EXE_jobmesh")),
+        workers: 1,
+        slots: 2,
+        lease_ms: LEASE_MS,
+        otlp_endpoint: None,
+    })
+    .await?;
+    let (store, dispatcher, gateway) = (
+        cluster.job_store_url.clone(),
+        cluster.dispatcher_url.clone(),
+        cluster.gateway_url.clone(),
+    );
+    let all = [
+        ("job-store", store.as_str()),
+        ("dispatcher", dispatcher.as_str()),
+        ("gateway", gateway.as_str()),
+    ];
+    let result = async {
+        wait_health(&all, true, Duration::from_secs(10), "at start").await?;
+
+        cluster.postgres_link.cut().await;
+        wait_health(
+            &[("job-store", store.as_str()), ("gateway", gateway.as_str())],
+            false,
+            Duration::from_secs(10),
+            "PostgreSQL cut",
+        )
+        .await?;
+        let probe = std::process::Command::new(env!("CARGO_BIN_EXE_jobmesh"))
+            .args(["healthcheck", "--addr", store.trim_start_matches("http://")])
+            .output()?;
+        anyhow::ensure!(
+            !probe.status.success(),
+            "jobmesh healthcheck passed while PostgreSQL was cut"
+        );
+        anyhow::ensure!(
+            String::from_utf8_lossy(&probe.stderr).contains("NOT_SERVING"),
+            "{}",
+            String::from_utf8_lossy(&probe.stderr)
+        );
+        cluster.postgres_link.restore();
+        wait_health(&all, true, Duration::from_secs(15), "PostgreSQL restored").await?;
+
+        cluster.nats.kill9().await?;
+        wait_health(
+            &[("dispatcher", dispatcher.as_str())],
+            false,
+            Duration::from_secs(10),
+            "NATS killed",
+        )
+        .await?;
+        // job-store keeps taking jobs (into its outbox) while NATS is away.
+        anyhow::ensure!(
+            serving(&store).await && serving(&gateway).await,
+            "job-store and the gateway must keep serving while NATS is down"
+        );
+        cluster.nats.start()?;
+        wait_health(&all, true, Duration::from_secs(30), "NATS restarted").await?;
+        anyhow::Ok(())
+    }
+    .await;
+    let logs = cluster.logs();
+    cluster.stop().await;
+    result.map_err(|e| anyhow::anyhow!("{e}\n{logs}"))
 }

@@ -7,9 +7,11 @@ process exits 1 if any check failed.
     checks.py compose RENDERED.yaml        # compose.yaml after `docker-compose config`
     checks.py yaml FILE...                 # every document parses
     checks.py dockerfile                   # deploy/Dockerfile covers the workspace
+    checks.py prometheus                   # scrape jobs, rule files, alerts' metrics
     checks.py grafana                      # dashboards use provisioned data sources
     checks.py k8s dev|prod|base FILE...   # rendered overlay, or the base's files
     checks.py nats-conf OUT_DIR            # writes the NATS configs to test, prints versions
+    checks.py dashboard-queries OUT.yml    # writes the dashboards' PromQL as rules for promtool
 """
 
 from __future__ import annotations
@@ -49,9 +51,14 @@ JOBMESH_SERVICES = {
     "gateway": "50051",
     "worker": "50054",
 }
-REQUIRED_SERVICES = {"postgres", "nats", "jaeger", "prometheus", "grafana", *JOBMESH_SERVICES}
+REQUIRED_SERVICES = {"postgres", "nats", "jaeger", "prometheus", "grafana", "keygen", *JOBMESH_SERVICES}
+# One-shot service that writes the signing key and the tokens into this volume.
+KEYGEN = "keygen"
 # service -> container ports it may publish (on 127.0.0.1 only)
 ALLOWED_PORTS = {"gateway": {"50051"}, "grafana": {"3000"}, "jaeger": {"16686"}}
+# Every jobmesh service serves Prometheus text at /metrics on this port.
+METRICS_PORT = 9464
+METRICS_LISTEN = f"0.0.0.0:{METRICS_PORT}"
 
 
 def image_tag(image: str) -> str | None:
@@ -77,6 +84,31 @@ def published(port) -> tuple[str, str, str]:
     return "", "", parts[0]
 
 
+def one_shot(svc: dict) -> bool:
+    """A service that runs to completion (`restart: "no"`), such as keygen."""
+    return str(svc.get("restart", "")) == "no"
+
+
+def mounts(svc: dict) -> list[tuple[str, str, bool]]:
+    """(source, target, read_only) of a service's volumes, short or long syntax."""
+    out = []
+    for vol in svc.get("volumes") or []:
+        if isinstance(vol, dict):
+            out.append((str(vol.get("source", "")), str(vol.get("target", "")), bool(vol.get("read_only"))))
+        else:
+            parts = str(vol).split(":")
+            ro = len(parts) > 2 and "ro" in parts[2].split(",")
+            out.append((parts[0], parts[1] if len(parts) > 1 else parts[0], ro))
+    return out
+
+
+def env_of(svc: dict) -> dict:
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) if "=" in e else (e, "") for e in env)
+    return env
+
+
 def check_compose(rendered_path: str) -> None:
     raw_text = (ROOT / "compose.yaml").read_text()
     raw = yaml.safe_load(raw_text)
@@ -95,25 +127,48 @@ def check_compose(rendered_path: str) -> None:
             bad.append(f"{name}={image}")
     result(not bad, "every compose image is pinned to a version tag (none `latest`)", ", ".join(bad))
 
-    bad = []
-    for name, svc in services.items():
+    def has_healthcheck(svc: dict) -> bool:
         hc = svc.get("healthcheck") or {}
         test = hc.get("test")
-        if hc.get("disable") or not test or test in (["NONE"], "NONE"):
-            bad.append(name)
-    result(not bad, "every compose service has a healthcheck", ", ".join(bad))
+        return not hc.get("disable") and bool(test) and test not in (["NONE"], "NONE")
 
-    bad = []
-    for name, svc in services.items():
+    def depends(svc: dict) -> dict:
         deps = svc.get("depends_on") or {}
         if isinstance(deps, list):
             deps = {d: {"condition": "service_started"} for d in deps}
-        for dep, spec in deps.items():
+        return deps
+
+    # One-shot services (keygen) run to completion: they have no healthcheck, and
+    # `up --wait` accepts their exit only when a long-running service waits for it.
+    bad = [name for name, svc in services.items() if not one_shot(svc) and not has_healthcheck(svc)]
+    result(not bad, "every long-running compose service has a healthcheck", ", ".join(bad))
+
+    bad = []
+    for name, svc in services.items():
+        for dep, spec in depends(svc).items():
             if dep not in services:
                 bad.append(f"{name}->{dep} (no such service)")
-            elif services[dep].get("healthcheck") and spec.get("condition") != "service_healthy":
+            elif one_shot(services[dep]):
+                if spec.get("condition") != "service_completed_successfully":
+                    bad.append(f"{name}->{dep} ({spec.get('condition')}; {dep} is one-shot)")
+            elif has_healthcheck(services[dep]) and spec.get("condition") != "service_healthy":
                 bad.append(f"{name}->{dep} ({spec.get('condition')})")
-    result(not bad, "every depends_on waits for service_healthy", ", ".join(bad))
+    result(
+        not bad,
+        "every depends_on waits for service_healthy (one-shot services: service_completed_successfully)",
+        ", ".join(bad),
+    )
+
+    bad = []
+    for name, svc in services.items():
+        if not one_shot(svc):
+            continue
+        waiters = [n for n, s in services.items() if not one_shot(s) and name in depends(s)]
+        if not waiters:
+            bad.append(f"{name}: no long-running service waits for it (`up --wait` would fail)")
+        if svc.get("ports"):
+            bad.append(f"{name}: publishes ports")
+    result(not bad, "one-shot services are waited for by long-running ones and publish nothing", "; ".join(bad))
 
     bad = []
     for name, svc in services.items():
@@ -135,11 +190,17 @@ def check_compose(rendered_path: str) -> None:
         env = svc.get("environment") or {}
         if isinstance(env, list):
             env = dict(e.split("=", 1) for e in env)
-        if not str(env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")).startswith("http://jaeger:4317"):
-            bad.append(f"{name}: OTEL_EXPORTER_OTLP_ENDPOINT")
-        if not env.get("OTEL_SERVICE_NAME"):
-            bad.append(f"{name}: OTEL_SERVICE_NAME")
-        names.add(env.get("OTEL_SERVICE_NAME"))
+        # Traces to Jaeger's OTLP/gRPC receiver (the services speak gRPC only).
+        if str(env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")).rstrip("/") != "http://jaeger:4317":
+            bad.append(f"{name}: OTEL_EXPORTER_OTLP_ENDPOINT={env.get('OTEL_EXPORTER_OTLP_ENDPOINT')}")
+        if env.get("OTEL_TRACES_EXPORTER") == "none":
+            bad.append(f"{name}: OTEL_TRACES_EXPORTER=none")
+        # Each service's own name (a shared one would merge them in Jaeger): unset,
+        # so the binary's default jobmesh-<service>, or that same name.
+        service_name = env.get("OTEL_SERVICE_NAME") or f"jobmesh-{name}"
+        if service_name != f"jobmesh-{name}":
+            bad.append(f"{name}: OTEL_SERVICE_NAME={service_name} (want jobmesh-{name})")
+        names.add(service_name)
         test = " ".join(map(str, (svc.get("healthcheck") or {}).get("test") or []))
         if f"jobmesh healthcheck --addr 127.0.0.1:{port}" not in test:
             bad.append(f"{name}: healthcheck does not probe 127.0.0.1:{port}")
@@ -154,7 +215,97 @@ def check_compose(rendered_path: str) -> None:
             bad.append(f"{name}: not built from deploy/Dockerfile")
     if len(names) != len(JOBMESH_SERVICES):
         bad.append("OTEL_SERVICE_NAME values are not distinct")
-    result(not bad, "jobmesh services: OTEL to jaeger, own service name, healthcheck on their own port", "; ".join(bad))
+    result(not bad, "jobmesh services: traces to jaeger:4317 (OTLP/gRPC), own service name, healthcheck on their own port", "; ".join(bad))
+
+    # Jaeger must take OTLP/gRPC on 4317 from other containers, or every trace is
+    # silently lost: the v2 image (jaegertracing/jaeger) does by default from 2.1
+    # (listens on 0.0.0.0 in its image); the old v1 all-in-one needs 1.35+ and,
+    # to be sure of it on every 1.x, COLLECTOR_OTLP_ENABLED=true.
+    jaeger = services.get("jaeger", {})
+    image = str(jaeger.get("image", ""))
+    m = re.match(r"v?(\d+)\.(\d+)", image_tag(image) or "")
+    version = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+    repo = image.split("@", 1)[0].rsplit(":", 1)[0] if image_tag(image) else image
+    v2 = repo.endswith("jaegertracing/jaeger") and version >= (2, 1)
+    v1 = (
+        repo.endswith("jaegertracing/all-in-one")
+        and version >= (1, 35)
+        and str(env_of(jaeger).get("COLLECTOR_OTLP_ENABLED", "")).lower() == "true"
+    )
+    result(
+        v2 or v1,
+        "jaeger accepts OTLP/gRPC on 4317 (jaegertracing/jaeger >= 2.1, or all-in-one >= 1.35 with COLLECTOR_OTLP_ENABLED=true)",
+        image,
+    )
+
+    bad = []
+    for name in JOBMESH_SERVICES:
+        svc = services.get(name, {})
+        listen = env_of(svc).get("JOBMESH_METRICS_LISTEN")
+        if listen != METRICS_LISTEN:
+            bad.append(f"{name}: JOBMESH_METRICS_LISTEN={listen}")
+        if str(METRICS_PORT) not in [str(e).split("/", 1)[0] for e in svc.get("expose") or []]:
+            bad.append(f"{name}: does not expose {METRICS_PORT}")
+    result(
+        not bad,
+        f"jobmesh services serve /metrics on {METRICS_LISTEN} (JOBMESH_METRICS_LISTEN, expose; not published)",
+        "; ".join(bad),
+    )
+
+    # Authentication on: keygen writes the key and tokens into a named volume; the
+    # gateway and the dispatcher verify with the key, workers present the token.
+    bad = []
+    keygen = services.get(KEYGEN, {})
+    command = [str(c) for c in keygen.get("command") or []]
+
+    def flag(name: str) -> str:
+        return command[command.index(name) + 1] if name in command[:-1] else ""
+
+    key_file, worker_token = flag("--key-file"), flag("--worker-token-file")
+    if not command or command[0] != "keygen" or not key_file or not worker_token:
+        bad.append(f"{KEYGEN}: command is not `keygen --key-file … --worker-token-file …`")
+    if not keygen.get("build") or keygen.get("image") != services.get("gateway", {}).get("image"):
+        bad.append(f"{KEYGEN}: not the jobmesh image")
+    if keygen.get("user") not in (None, "", "10001", "10001:10001"):
+        bad.append(f"{KEYGEN}: runs as {keygen.get('user')}, not the services' user")
+    volumes = set((cfg.get("volumes") or {}).keys())
+    kg_mounts = [(src, tgt) for src, tgt, ro in mounts(keygen) if src in volumes and not ro]
+    if not kg_mounts:
+        bad.append(f"{KEYGEN}: writes into no named volume")
+
+    def in_volume(svc: dict, path: str) -> bool:
+        """`path` is in keygen's volume, mounted read-only where keygen mounts it."""
+        return any(
+            ro and (src, tgt) in kg_mounts and path.startswith(tgt.rstrip("/") + "/")
+            for src, tgt, ro in mounts(svc)
+        )
+
+    for name, var, path in (
+        ("gateway", "JOBMESH_AUTH_HS256_SECRET_FILE", key_file),
+        ("dispatcher", "JOBMESH_AUTH_HS256_SECRET_FILE", key_file),
+        ("worker", "JOBMESH_WORKER_TOKEN_FILE", worker_token),
+    ):
+        svc = services.get(name, {})
+        env = env_of(svc)
+        if str(env.get("JOBMESH_INSECURE_NO_AUTH", "")).lower() in ("1", "true", "yes", "on"):
+            bad.append(f"{name}: JOBMESH_INSECURE_NO_AUTH")
+        if not path or env.get(var) != path:
+            bad.append(f"{name}: {var}={env.get(var)} (keygen writes {path or 'nothing'})")
+        elif not in_volume(svc, path):
+            bad.append(f"{name}: does not mount keygen's volume read-only at its mount point")
+        if (depends(svc).get(KEYGEN) or {}).get("condition") != "service_completed_successfully":
+            bad.append(f"{name}: does not wait for {KEYGEN} (service_completed_successfully)")
+    for name, svc in services.items():
+        env = env_of(svc)
+        for var in ("JOBMESH_WORKER_TOKEN", "JOBMESH_TOKEN"):
+            if env.get(var):
+                bad.append(f"{name}: a token in {var} (use a file in the keys volume)")
+    result(
+        not bad,
+        "authentication on: keygen makes the key and worker token in a volume; gateway and dispatcher "
+        "verify with the key, workers present the token (mounted read-only, after keygen)",
+        "; ".join(bad),
+    )
 
     replicas = (services.get("worker", {}).get("deploy") or {}).get("replicas", 1)
     result(replicas >= 2, "compose runs 2+ worker replicas", f"replicas={replicas}")
@@ -192,6 +343,10 @@ def check_compose(rendered_path: str) -> None:
 
     ignored = (ROOT / ".gitignore").read_text().split()
     result(".env" in ignored or "/.env" in ignored, ".env (secrets) is git-ignored")
+    result(
+        "*.key" in ignored and "*.token" in ignored,
+        "signing keys and tokens (*.key, *.token, what `jobmesh keygen` writes) are git-ignored",
+    )
 
 
 # ---------------------------------------------------------------- yaml
@@ -235,6 +390,121 @@ def check_dockerfile() -> None:
     )
     result(ok, "Dockerfile: multi-stage, numeric non-root USER, HEALTHCHECK via `jobmesh healthcheck`, jobmesh entrypoint")
 
+    # keygen runs as the image's user and writes into a named volume: Docker gives a
+    # new volume the owner of its mount point in the image, which must be that user.
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    targets = [tgt for _, tgt, ro in mounts(compose["services"].get(KEYGEN, {})) if not ro]
+    uid = users[-1].split(":", 1)[0] if users else ""
+    runtime = text[text.rfind("\nFROM ") :]
+    owned = [
+        t
+        for t in targets
+        if re.search(rf"install -d -o {uid} (-g \d+ )?(-m \d+ )?{re.escape(t)}\b", runtime)
+        or re.search(rf"chown (-R )?{uid}(:\d+)? {re.escape(t)}\b", runtime)
+    ]
+    result(
+        bool(targets) and owned == targets,
+        f"Dockerfile's runtime stage creates keygen's mount point {targets} owned by user {uid}",
+        f"owned {owned}",
+    )
+
+
+# ---------------------------------------------------------------- metrics names
+
+
+def described_metrics() -> set[str]:
+    """The metrics the services record: each is described in runtime's metrics.rs."""
+    text = (ROOT / "services/runtime/src/metrics.rs").read_text()
+    return set(re.findall(r'describe_(?:counter|gauge|histogram)!\(\s*"([a-z0-9_:]+)"', text))
+
+
+def metric_names(expr: str) -> set[str]:
+    """The jobmesh and gRPC (server and client) metrics an expression reads (a
+    histogram's _bucket, _sum and _count series as the histogram's name)."""
+    names = re.findall(r"\b((?:jobmesh|grpc_server|grpc_client)_[a-z0-9_]+)", expr)
+    return {re.sub(r"_(bucket|sum|count)$", "", n) for n in names}
+
+
+PLACEHOLDER = re.compile(r"placeholder|PLANNED|issue 5|not serve /metrics yet", re.I)
+
+
+# ---------------------------------------------------------------- prometheus
+
+
+def check_prometheus() -> None:
+    prom_dir = ROOT / "deploy/prometheus"
+    text = (prom_dir / "prometheus.yml").read_text()
+    cfg = yaml.safe_load(text)
+    result(not PLACEHOLDER.search(text), "prometheus.yml has no placeholder wording")
+
+    bad = []
+    for name in JOBMESH_SERVICES:
+        jobs = [j for j in cfg.get("scrape_configs", []) if j.get("job_name") == f"jobmesh-{name}"]
+        if not jobs:
+            bad.append(f"no job jobmesh-{name}")
+            continue
+        targets = [
+            (n, int(sd.get("port", 0))) for sd in jobs[0].get("dns_sd_configs") or [] for n in sd.get("names") or []
+        ] + [
+            (t.rsplit(":", 1)[0], int(t.rsplit(":", 1)[1]))
+            for sc in jobs[0].get("static_configs") or []
+            for t in sc.get("targets") or []
+        ]
+        if (name, METRICS_PORT) not in targets:
+            bad.append(f"jobmesh-{name} does not scrape {name}:{METRICS_PORT} ({targets})")
+    result(
+        not bad,
+        f"prometheus.yml scrapes every jobmesh service (every replica, by DNS) on {METRICS_PORT}",
+        "; ".join(bad),
+    )
+
+    # Rule files exist next to prometheus.yml and compose mounts them next to it.
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    vols = [str(v) for v in compose["services"]["prometheus"].get("volumes", [])]
+    config_target = next(
+        (v.split(":")[1] for v in vols if v.split(":")[0] == "./deploy/prometheus/prometheus.yml"), ""
+    )
+    rule_files = cfg.get("rule_files") or []
+    bad = []
+    for rf in rule_files:
+        if not (prom_dir / rf).is_file():
+            bad.append(f"{rf}: no such file in deploy/prometheus")
+        want = str(Path(config_target).parent / rf)
+        if not any(v.split(":")[:2] == [f"./deploy/prometheus/{rf}", want] for v in vols):
+            bad.append(f"{rf}: compose does not mount it at {want}")
+    result(
+        bool(rule_files) and bool(config_target) and not bad,
+        f"prometheus.yml loads {rule_files} and compose mounts them beside it",
+        "; ".join(bad) or "no rule_files",
+    )
+
+    known = described_metrics()
+    rules = [r for rf in rule_files if (prom_dir / rf).is_file() for g in load_all(prom_dir / rf)[0]["groups"] for r in g["rules"]]
+    alerts = [r for r in rules if "alert" in r]
+    bad = []
+    for r in alerts:
+        labels, ann = r.get("labels") or {}, r.get("annotations") or {}
+        if labels.get("severity") not in ("critical", "warning"):
+            bad.append(f"{r['alert']}: severity {labels.get('severity')}")
+        if not ann.get("summary") or not ann.get("description"):
+            bad.append(f"{r['alert']}: summary or description missing")
+        unknown = metric_names(str(r["expr"])) - known
+        if unknown:
+            bad.append(f"{r['alert']}: unknown metrics {sorted(unknown)}")
+    names = [r["alert"] for r in alerts]
+    if len(names) != len(set(names)):
+        bad.append("duplicate alert names")
+    result(
+        bool(alerts) and not bad,
+        f"{len(alerts)} alerts: a severity, a summary and a description each, and only metrics the services record",
+        "; ".join(bad),
+    )
+
+    tests = load_all(prom_dir / "alerts.test.yml")[0] if (prom_dir / "alerts.test.yml").is_file() else {}
+    tested = {a["alertname"] for t in tests.get("tests", []) for a in t.get("alert_rule_test", []) if a.get("exp_alerts")}
+    untested = set(names) - tested
+    result(not untested and bool(tested), "alerts.test.yml makes every alert fire", f"never fired: {sorted(untested)}")
+
 
 # ---------------------------------------------------------------- grafana
 
@@ -245,6 +515,8 @@ def check_grafana() -> None:
         for doc in load_all(f):
             uids.update(d.get("uid") for d in doc.get("datasources", []))
     dashboards = sorted((ROOT / "deploy/grafana/dashboards").glob("*.json"))
+    known = described_metrics()
+    missing_everywhere: list[set[str]] = []
     bad = []
     for f in dashboards:
         try:
@@ -266,6 +538,27 @@ def check_grafana() -> None:
                     walk(v)
 
         walk(dash)
+        exprs = []
+
+        def collect(node):
+            if isinstance(node, dict):
+                if isinstance(node.get("expr"), str):
+                    exprs.append(node["expr"])
+                if isinstance(node.get("query"), str):
+                    exprs.append(node["query"])
+                for v in node.values():
+                    collect(v)
+            elif isinstance(node, list):
+                for v in node:
+                    collect(v)
+
+        collect(dash)
+        used = set().union(*map(metric_names, exprs)) if exprs else set()
+        if used - known:
+            bad.append(f"{f.name}: unknown metrics {sorted(used - known)}")
+        missing_everywhere.append(known - used)
+        if PLACEHOLDER.search(f.read_text()):
+            bad.append(f"{f.name}: placeholder wording")
         if not refs:
             bad.append(f"{f.name}: references no data source uid")
         if refs - uids:
@@ -276,6 +569,12 @@ def check_grafana() -> None:
         bool(dashboards) and not bad,
         f"{len(dashboards)} Grafana dashboard(s) parse and use provisioned data sources {sorted(uids)}",
         "; ".join(bad),
+    )
+    unshown = set.intersection(*missing_everywhere) if missing_everywhere else known
+    result(
+        not unshown,
+        f"every metric the services record ({len(known)}) is on a dashboard",
+        f"not shown: {sorted(unshown)}",
     )
 
     providers = []
@@ -288,7 +587,38 @@ def check_grafana() -> None:
     result(ok, "Grafana's dashboard provider reads the directory compose mounts", f"providers {providers}, mounts {mounts}")
 
 
+def dashboard_queries(out_file: str) -> None:
+    """Writes every PromQL expression of the dashboards as a recording rule, with
+    Grafana's variables replaced, so that `promtool check rules` parses them."""
+    rules = []
+    for f in sorted((ROOT / "deploy/grafana/dashboards").glob("*.json")):
+        exprs = []
+
+        def walk(node):
+            if isinstance(node, dict):
+                if isinstance(node.get("expr"), str) and node["expr"].strip():
+                    exprs.append(node["expr"])
+                for v in node.values():
+                    walk(v)
+            elif isinstance(node, list):
+                for v in node:
+                    walk(v)
+
+        walk(json.loads(f.read_text()))
+        for i, expr in enumerate(exprs):
+            expr = re.sub(r"\$__(rate_)?interval|\$__range", "1m", expr)
+            expr = re.sub(r"\$\{?\w+\}?", ".*", expr)
+            rules.append({"record": f"dashboard:{f.stem.replace('-', '_')}:expr{i}", "expr": expr})
+    Path(out_file).write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
+    print(len(rules))
+
+
 # ---------------------------------------------------------------- kubernetes
+
+
+# Signing key (`hs256.key`) and worker token (`worker.token`), made with `jobmesh
+# keygen` and `kubectl create secret` (docs/deploy.md), never committed.
+AUTH_SECRET = "jobmesh-auth"
 
 
 def pod_spec(obj: dict) -> dict:
@@ -328,16 +658,28 @@ def check_k8s(flavour: str, files: list[str]) -> None:
         if not psc.get("runAsNonRoot"):
             bad.append(f"{n}: runAsNonRoot")
         for c in spec["containers"]:
-            for probe in ("readinessProbe", "livenessProbe"):
+            # Startup and readiness follow gRPC health (NOT_SERVING while a
+            # dependency is down: out of the Service); liveness must not, or an
+            # outage of PostgreSQL, NATS or job-store would restart healthy pods:
+            # a TCP connect to the port that health is served on.
+            grpc_ports = set()
+            for probe in ("startupProbe", "readinessProbe"):
                 if "grpc" not in (c.get(probe) or {}):
                     bad.append(f"{n}/{c['name']}: no gRPC {probe}")
+                else:
+                    grpc_ports.add(c[probe]["grpc"].get("port"))
+            live = c.get("livenessProbe") or {}
+            if set(live) & {"grpc", "httpGet", "exec"} or "tcpSocket" not in live:
+                bad.append(f"{n}/{c['name']}: livenessProbe is not a tcpSocket probe")
+            elif len(grpc_ports) != 1 or live["tcpSocket"].get("port") not in grpc_ports:
+                bad.append(f"{n}/{c['name']}: livenessProbe tcpSocket port {live['tcpSocket'].get('port')} is not the gRPC health port {sorted(grpc_ports)}")
             res = c.get("resources") or {}
             if not (res.get("requests") and res.get("limits")):
                 bad.append(f"{n}/{c['name']}: resources")
             csc = c.get("securityContext") or {}
             if csc.get("allowPrivilegeEscalation") is not False or "ALL" not in (csc.get("capabilities") or {}).get("drop", []):
                 bad.append(f"{n}/{c['name']}: securityContext")
-    result(not bad, f"[{flavour}] jobmesh Deployments: gRPC readiness/liveness probes, requests+limits, non-root, no privileges", "; ".join(bad))
+    result(not bad, f"[{flavour}] jobmesh Deployments: gRPC startup/readiness probes, TCP liveness on the same port, requests+limits, non-root, no privileges", "; ".join(bad))
 
     bad = []
     for kind in ("Deployment", "StatefulSet"):
@@ -352,6 +694,57 @@ def check_k8s(flavour: str, files: list[str]) -> None:
             if not (spec.get("securityContext") or {}).get("runAsNonRoot"):
                 bad.append(f"{name(d)}: runAsNonRoot")
     result(not bad, f"[{flavour}] every workload runs as non-root with a pinned image and limits", "; ".join(bad))
+
+    bad = []
+    for dep in sorted(want):
+        d = deployments.get(dep)
+        if d is None:
+            continue
+        c = pod_spec(d)["containers"][0]
+        env = {e["name"]: e.get("value") for e in c.get("env") or []}
+        cfg = {}
+        for ef in c.get("envFrom") or []:
+            for cm in by_kind.get("ConfigMap", []):
+                if name(cm) == (ef.get("configMapRef") or {}).get("name"):
+                    cfg.update(cm.get("data") or {})
+        listen = env.get("JOBMESH_METRICS_LISTEN", cfg.get("JOBMESH_METRICS_LISTEN"))
+        if listen != METRICS_LISTEN:
+            bad.append(f"{dep}: JOBMESH_METRICS_LISTEN={listen}")
+        ports = {p.get("name"): p.get("containerPort") for p in c.get("ports") or []}
+        if ports.get("metrics") != METRICS_PORT:
+            bad.append(f"{dep}: no container port `metrics` {METRICS_PORT}")
+        ann = d["spec"]["template"]["metadata"].get("annotations") or {}
+        if ann.get("prometheus.io/scrape") != "true" or ann.get("prometheus.io/port") != str(METRICS_PORT):
+            bad.append(f"{dep}: prometheus.io/scrape and /port annotations")
+    result(
+        not bad,
+        f"[{flavour}] jobmesh pods serve /metrics on {METRICS_LISTEN} (port `metrics`, prometheus.io annotations)",
+        "; ".join(bad),
+    )
+
+    # Traces: each service names itself (no shared OTEL_SERVICE_NAME in the
+    # ConfigMap); an endpoint, when one is set, is plaintext OTLP/gRPC.
+    bad = []
+    for dep in sorted(want):
+        d = deployments.get(dep)
+        if d is None:
+            continue
+        c = pod_spec(d)["containers"][0]
+        env = {e["name"]: e.get("value") for e in c.get("env") or []}
+        cfg = {}
+        for ef in c.get("envFrom") or []:
+            for cm in by_kind.get("ConfigMap", []):
+                if name(cm) == (ef.get("configMapRef") or {}).get("name"):
+                    cfg.update(cm.get("data") or {})
+        if "OTEL_SERVICE_NAME" in cfg:
+            bad.append(f"{dep}: OTEL_SERVICE_NAME in a shared ConfigMap")
+        own = env.get("OTEL_SERVICE_NAME") or f"jobmesh-{dep}"
+        if own != f"jobmesh-{dep}":
+            bad.append(f"{dep}: OTEL_SERVICE_NAME={own}")
+        endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", cfg.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        if endpoint is not None and not re.fullmatch(r"http://[^/\s]+:\d+/?", str(endpoint)):
+            bad.append(f"{dep}: OTEL_EXPORTER_OTLP_ENDPOINT={endpoint} (want http://host:port, OTLP/gRPC)")
+    result(not bad, f"[{flavour}] traces: each service its own OTEL_SERVICE_NAME, OTLP endpoint (optional) plaintext gRPC", "; ".join(bad))
 
     pdbs = by_kind.get("PodDisruptionBudget", [])
     bad = []
@@ -394,10 +787,11 @@ def check_k8s(flavour: str, files: list[str]) -> None:
     )
     result(ok, f"[{flavour}] an Ingress routes gRPC (backend-protocol GRPC) to the gateway")
 
-    # References to ConfigMaps and Secrets resolve, except the prod database Secret,
-    # which is created outside git on purpose.
+    # References to ConfigMaps and Secrets resolve, except the prod database Secret
+    # and the auth Secret (signing key, worker token), created outside git on purpose.
     have = {("ConfigMap", name(c)) for c in by_kind.get("ConfigMap", [])} | {("Secret", name(s)) for s in by_kind.get("Secret", [])}
-    external = {("Secret", "jobmesh-database")} if flavour in ("prod", "base") else set()
+    external = {("Secret", AUTH_SECRET)}
+    external |= {("Secret", "jobmesh-database")} if flavour in ("prod", "base") else set()
     external |= {("Secret", "postgres")} if flavour == "base" else set()
     bad = []
     for kind in ("Deployment", "StatefulSet"):
@@ -419,8 +813,61 @@ def check_k8s(flavour: str, files: list[str]) -> None:
             for v in spec.get("volumes") or []:
                 if "configMap" in v:
                     refs.append(("ConfigMap", v["configMap"]["name"]))
+                if "secret" in v:
+                    refs.append(("Secret", v["secret"]["secretName"]))
             bad += [f"{name(d)} -> {k}/{n}" for k, n in refs if (k, n) not in have and (k, n) not in external]
-    result(not bad, f"[{flavour}] every ConfigMap/Secret a workload uses is defined" + (" (prod: jobmesh-database is created outside git)" if flavour == "prod" else ""), "; ".join(bad))
+    outside = f"{AUTH_SECRET}" + (", jobmesh-database" if flavour in ("prod", "base") else "")
+    result(not bad, f"[{flavour}] every ConfigMap/Secret a workload uses is defined (created outside git: {outside})", "; ".join(bad))
+
+    # Authentication on: the gateway and the dispatcher verify tokens with the key
+    # in the Secret jobmesh-auth, workers present its worker token; the Secret
+    # itself (signing key) is never in the manifests.
+    bad = []
+    for dep, var, key in (
+        ("gateway", "JOBMESH_AUTH_HS256_SECRET_FILE", "hs256.key"),
+        ("dispatcher", "JOBMESH_AUTH_HS256_SECRET_FILE", "hs256.key"),
+        ("worker", "JOBMESH_WORKER_TOKEN_FILE", "worker.token"),
+    ):
+        d = deployments.get(dep)
+        if d is None:
+            bad.append(f"{dep}: missing")
+            continue
+        spec = pod_spec(d)
+        vols = {
+            v["name"]: v["secret"]
+            for v in spec.get("volumes") or []
+            if (v.get("secret") or {}).get("secretName") == AUTH_SECRET
+        }
+        c = spec["containers"][0]
+        env = {e["name"]: e.get("value") for e in c.get("env") or []}
+        cfg = {}
+        for ef in c.get("envFrom") or []:
+            for cm in by_kind.get("ConfigMap", []):
+                if name(cm) == (ef.get("configMapRef") or {}).get("name"):
+                    cfg.update(cm.get("data") or {})
+        if str(env.get("JOBMESH_INSECURE_NO_AUTH", cfg.get("JOBMESH_INSECURE_NO_AUTH", ""))).lower() in ("1", "true", "yes", "on"):
+            bad.append(f"{dep}: JOBMESH_INSECURE_NO_AUTH")
+        path = env.get(var) or ""
+        found = False
+        for m in c.get("volumeMounts") or []:
+            sec = vols.get(m["name"])
+            if sec is None or not m.get("readOnly") or m.get("subPath"):
+                continue
+            files = {i["path"]: i["key"] for i in sec.get("items") or []} or None
+            rel = path[len(m["mountPath"].rstrip("/")) + 1 :] if path.startswith(m["mountPath"].rstrip("/") + "/") else None
+            if rel and (files is None and rel == key or files and files.get(rel) == key):
+                found = True
+        if not found:
+            bad.append(f"{dep}: {var}={path or None} is not {AUTH_SECRET}'s {key} mounted read-only")
+        if dep == "worker" and any("hs256.key" in {i["key"] for i in (s.get("items") or [])} or not s.get("items") for s in vols.values()):
+            bad.append("worker: gets the signing key")
+    if any(name(s).startswith(AUTH_SECRET) for s in by_kind.get("Secret", [])):
+        bad.append(f"a Secret {AUTH_SECRET} is in the manifests")
+    result(
+        not bad,
+        f"[{flavour}] authentication on: gateway and dispatcher verify with {AUTH_SECRET}'s hs256.key, workers present its worker.token (not in the manifests)",
+        "; ".join(bad),
+    )
 
     if flavour == "dev":
         result("postgres" in statefulsets and "postgres" in services, "[dev] PostgreSQL runs as a StatefulSet with a Service")
@@ -463,10 +910,15 @@ def main() -> None:
         check_yaml(args)
     elif cmd == "dockerfile":
         check_dockerfile()
+    elif cmd == "prometheus":
+        check_prometheus()
     elif cmd == "grafana":
         check_grafana()
     elif cmd == "k8s":
         check_k8s(args[0], args[1:])
+    elif cmd == "dashboard-queries":
+        dashboard_queries(args[0])
+        return
     elif cmd == "nats-conf":
         nats_conf(args[0])
         return

@@ -61,6 +61,12 @@ def parse_args() -> argparse.Namespace:
         help="gateway address, host:port (default: $JOBMESH_GATEWAY or %(default)s)",
     )
     parser.add_argument(
+        "--token",
+        default=os.environ.get("JOBMESH_TOKEN"),
+        help="bearer token (JWT) sent as `authorization` metadata "
+        "(default: $JOBMESH_TOKEN; `jobmesh dev` prints one, `jobmesh token` mints one)",
+    )
+    parser.add_argument(
         "--task", default="demo.sleep", help="task to run (default: %(default)s)"
     )
     parser.add_argument(
@@ -127,7 +133,9 @@ def describe(job: job_pb2.Job) -> str:
     return line
 
 
-def warn_if_no_worker(channel: grpc.Channel, task: str, timeout: float) -> None:
+def warn_if_no_worker(
+    channel: grpc.Channel, task: str, timeout: float, metadata: tuple
+) -> None:
     """Warns when no connected worker offers the task.
 
     jobmesh accepts jobs for any well-formed task name and keeps them QUEUED
@@ -135,7 +143,9 @@ def warn_if_no_worker(channel: grpc.Channel, task: str, timeout: float) -> None:
     otherwise just look like a job that never starts.
     """
     tasks = task_service_pb2_grpc.TaskServiceStub(channel)
-    known = tasks.ListTasks(task_service_pb2.ListTasksRequest(), timeout=timeout).tasks
+    known = tasks.ListTasks(
+        task_service_pb2.ListTasksRequest(), timeout=timeout, metadata=metadata
+    ).tasks
     if not any(info.name == task and info.workers > 0 for info in known):
         print(
             f"warning: no connected worker offers {task!r}; "
@@ -151,6 +161,9 @@ def run(opts: argparse.Namespace) -> int:
     def remaining() -> float:
         return max(deadline - time.monotonic(), 0.0)
 
+    # Every call carries the caller's token; the gateway takes the tenant from it.
+    metadata = (("authorization", f"Bearer {opts.token}"),) if opts.token else ()
+
     # A channel is cheap to keep and reconnects by itself; close it when done.
     with grpc.insecure_channel(opts.gateway) as channel:
         jobs = job_service_pb2_grpc.JobServiceStub(channel)
@@ -160,9 +173,9 @@ def run(opts: argparse.Namespace) -> int:
             task=opts.task,
             args=json_format.ParseDict(opts.task_args, struct_pb2.Struct()),
         )
-        job = jobs.SubmitJob(request, timeout=remaining()).job
+        job = jobs.SubmitJob(request, timeout=remaining(), metadata=metadata).job
         print(f"submitted job {job.id} ({job.task}) to {opts.gateway}")
-        warn_if_no_worker(channel, job.task, timeout=remaining())
+        warn_if_no_worker(channel, job.task, timeout=remaining(), metadata=metadata)
 
         # WatchJob streams the current snapshot first, then every change, and
         # ends after the terminal state. The deadline bounds the whole stream:
@@ -170,7 +183,9 @@ def run(opts: argparse.Namespace) -> int:
         # DEADLINE_EXCEEDED (the job itself keeps running).
         try:
             watch = jobs.WatchJob(
-                job_service_pb2.WatchJobRequest(job_id=job.id), timeout=remaining()
+                job_service_pb2.WatchJobRequest(job_id=job.id),
+                timeout=remaining(),
+                metadata=metadata,
             )
             for event in watch:
                 job = event.job

@@ -1,5 +1,7 @@
 //! gateway configuration.
 
+use jobmesh_runtime::auth::AuthConfig;
+
 /// Settings of the gateway.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Config {
@@ -17,14 +19,40 @@ pub struct Config {
         default_value = "http://127.0.0.1:50053"
     )]
     pub dispatcher_url: String,
+    /// How callers authenticate (JWT bearer tokens).
+    #[command(flatten)]
+    pub auth: AuthConfig,
+    /// Submits per second allowed to each tenant (token bucket refill rate).
+    #[arg(long, env = "JOBMESH_SUBMIT_RATE", default_value_t = 5000.0)]
+    pub submit_rate: f64,
+    /// Submits a tenant may make at once before the rate applies (bucket size).
+    #[arg(long, env = "JOBMESH_SUBMIT_BURST", default_value_t = 10_000)]
+    pub submit_burst: u32,
+    /// Calls (gRPC and REST, streams excepted) handled at once; more are refused
+    /// at once with RESOURCE_EXHAUSTED / 429 instead of queueing.
+    #[arg(long, env = "JOBMESH_MAX_INFLIGHT", default_value_t = 512)]
+    pub max_inflight: usize,
+    /// Watch streams (gRPC and REST) open at once.
+    #[arg(long, env = "JOBMESH_MAX_WATCHES", default_value_t = 4096)]
+    pub max_watches: usize,
+    /// Where Prometheus metrics are served.
+    #[command(flatten)]
+    pub metrics: jobmesh_runtime::metrics::MetricsConfig,
 }
 
 impl Config {
-    /// A configuration for the two internal services.
+    /// A configuration for the two internal services, with authentication off and
+    /// the default limits; set `auth` for anything but a test.
     pub fn new(job_store_url: impl Into<String>, dispatcher_url: impl Into<String>) -> Self {
         Self {
             job_store_url: job_store_url.into(),
             dispatcher_url: dispatcher_url.into(),
+            auth: AuthConfig::insecure(),
+            submit_rate: 5000.0,
+            submit_burst: 10_000,
+            max_inflight: 512,
+            max_watches: 4096,
+            metrics: jobmesh_runtime::metrics::MetricsConfig::default(),
         }
     }
 }

@@ -9,15 +9,17 @@ use jobmesh_proto::internal::{
     job_store_service_client::JobStoreServiceClient,
 };
 use jobmesh_proto::v1::{self, job_service_server::JobService, task_service_server::TaskService};
+use jobmesh_runtime::grpc::Channel;
 use jobmesh_runtime::grpc::forward;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::validate;
+use std::sync::Arc;
 
-/// Tenant of every request until authentication assigns one per caller.
-pub(crate) const DEFAULT_TENANT: &str = "default";
+use jobmesh_runtime::auth::{Authenticator, scope};
+
+use crate::limits::{RateLimiter, WatchSlots};
+use crate::validate;
 
 #[derive(Clone)]
 pub(crate) struct Gateway {
@@ -28,6 +30,23 @@ pub(crate) struct Gateway {
     /// Cancelled when the gateway starts shutting down: open watch streams end
     /// with UNAVAILABLE so that clients re-watch elsewhere and the drain finishes.
     pub(crate) shutdown: CancellationToken,
+    /// Verifies each caller's token.
+    pub(crate) auth: Authenticator,
+    /// Claim that names the caller's tenant (for error messages).
+    pub(crate) tenant_claim: String,
+    /// Per-tenant submit rate.
+    pub(crate) submits: Arc<RateLimiter>,
+    /// Open watch streams.
+    pub(crate) watches: WatchSlots,
+}
+
+impl Gateway {
+    /// The caller's tenant, once its token is verified and holds `wanted`.
+    fn authorize<T>(&self, request: &Request<T>, wanted: &str) -> Result<String, Status> {
+        let caller = self.auth.authenticate(request.metadata())?;
+        caller.require(wanted)?;
+        Ok(caller.tenant(&self.tenant_claim)?.to_owned())
+    }
 }
 
 /// Internal failures reach the client with their code; a dependency that cannot be
@@ -41,6 +60,14 @@ fn upstream(service: &'static str) -> impl Fn(Status) -> Status {
     }
 }
 
+/// A watch in progress: job-store's stream, what ends it early, and the slot it holds.
+struct WatchState {
+    events: tonic::Streaming<pb::WatchJobResponse>,
+    end: Pin<Box<dyn Future<Output = Status> + Send>>,
+    done: bool,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
 type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::WatchJobResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -49,7 +76,9 @@ impl JobService for Gateway {
         &self,
         request: Request<v1::SubmitJobRequest>,
     ) -> Result<Response<v1::SubmitJobResponse>, Status> {
-        let create = validate::submit(DEFAULT_TENANT, request.get_ref().clone())?;
+        let tenant = self.authorize(&request, scope::SUBMIT)?;
+        self.submits.check(&tenant)?;
+        let create = validate::submit(&tenant, request.get_ref().clone())?;
         let response = self
             .job_store
             .clone()
@@ -57,6 +86,9 @@ impl JobService for Gateway {
             .await
             .map_err(upstream("job-store"))?
             .into_inner();
+        if let Some(job) = &response.job {
+            jobmesh_runtime::trace::record_job(&job.id, Some(&job.task), None);
+        }
         Ok(Response::new(v1::SubmitJobResponse { job: response.job }))
     }
 
@@ -64,11 +96,10 @@ impl JobService for Gateway {
         &self,
         request: Request<v1::GetJobRequest>,
     ) -> Result<Response<v1::GetJobResponse>, Status> {
+        let tenant = self.authorize(&request, scope::READ)?;
         let job_id = validate::job_id(&request.get_ref().job_id)?;
-        let get = pb::GetJobRequest {
-            tenant: DEFAULT_TENANT.to_owned(),
-            job_id,
-        };
+        jobmesh_runtime::trace::record_job(&job_id, None, None);
+        let get = pb::GetJobRequest { tenant, job_id };
         let response = self
             .job_store
             .clone()
@@ -83,7 +114,8 @@ impl JobService for Gateway {
         &self,
         request: Request<v1::ListJobsRequest>,
     ) -> Result<Response<v1::ListJobsResponse>, Status> {
-        let list = validate::list(DEFAULT_TENANT, request.get_ref().clone())?;
+        let tenant = self.authorize(&request, scope::READ)?;
+        let list = validate::list(&tenant, request.get_ref().clone())?;
         let response = self
             .job_store
             .clone()
@@ -101,11 +133,10 @@ impl JobService for Gateway {
         &self,
         request: Request<v1::CancelJobRequest>,
     ) -> Result<Response<v1::CancelJobResponse>, Status> {
+        let tenant = self.authorize(&request, scope::CANCEL)?;
         let job_id = validate::job_id(&request.get_ref().job_id)?;
-        let cancel = pb::CancelJobRequest {
-            tenant: DEFAULT_TENANT.to_owned(),
-            job_id,
-        };
+        jobmesh_runtime::trace::record_job(&job_id, None, None);
+        let cancel = pb::CancelJobRequest { tenant, job_id };
         let response = self
             .job_store
             .clone()
@@ -122,11 +153,11 @@ impl JobService for Gateway {
         &self,
         request: Request<v1::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let tenant = self.authorize(&request, scope::READ)?;
         let job_id = validate::job_id(&request.get_ref().job_id)?;
-        let watch = pb::WatchJobRequest {
-            tenant: DEFAULT_TENANT.to_owned(),
-            job_id,
-        };
+        jobmesh_runtime::trace::record_job(&job_id, None, None);
+        let slot = self.watches.acquire()?;
+        let watch = pb::WatchJobRequest { tenant, job_id };
         let stream = self
             .job_store_streaming
             .clone()
@@ -134,21 +165,52 @@ impl JobService for Gateway {
             .await
             .map_err(upstream("job-store"))?
             .into_inner();
-        let events = stream.map(|item| {
-            item.map(|event| v1::WatchJobResponse { job: event.job })
-                .map_err(upstream("job-store"))
-        });
+        // The stream ends after the job's terminal state, when the caller's
+        // deadline passes (grpc-timeout; the job goes on), or when the gateway
+        // starts shutting down (the client re-watches elsewhere).
+        let deadline = jobmesh_runtime::grpc::deadline(request.metadata());
         let shutdown = self.shutdown.clone();
-        let stopping = self.shutdown.clone().cancelled_owned();
-        let goodbye = futures::stream::once(async move {
-            Err(Status::unavailable(
-                "the gateway is shutting down; watch the job again",
-            ))
-        })
-        .filter(move |_| futures::future::ready(shutdown.is_cancelled()));
-        Ok(Response::new(Box::pin(
-            events.take_until(stopping).chain(goodbye),
-        )))
+        let end: Pin<Box<dyn Future<Output = Status> + Send>> = Box::pin(async move {
+            let expiry = async {
+                match deadline {
+                    Some(after) => tokio::time::sleep(after).await,
+                    None => futures::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => Status::unavailable(
+                    "the gateway is shutting down; watch the job again",
+                ),
+                () = expiry => Status::deadline_exceeded(
+                    "the watch reached the caller's deadline; the job goes on, watch it again to follow it",
+                ),
+            }
+        });
+        let state = WatchState {
+            events: stream,
+            end,
+            done: false,
+            _slot: slot,
+        };
+        let events = futures::stream::unfold(state, |mut state| async move {
+            if state.done {
+                return None;
+            }
+            tokio::select! {
+                item = state.events.next() => match item? {
+                    Ok(event) => Some((Ok(v1::WatchJobResponse { job: event.job }), state)),
+                    Err(status) => {
+                        state.done = true;
+                        Some((Err(upstream("job-store")(status)), state))
+                    }
+                },
+                status = &mut state.end => {
+                    state.done = true;
+                    Some((Err(status), state))
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(events)))
     }
 }
 
@@ -158,6 +220,7 @@ impl TaskService for Gateway {
         &self,
         request: Request<v1::ListTasksRequest>,
     ) -> Result<Response<v1::ListTasksResponse>, Status> {
+        self.authorize(&request, scope::READ)?;
         let response = self
             .dispatcher
             .clone()

@@ -6,6 +6,8 @@
 
 mod config;
 mod grpc;
+mod limits;
+mod rest;
 mod validate;
 
 use jobmesh_proto::internal::dispatcher_service_client::DispatcherServiceClient;
@@ -27,9 +29,15 @@ pub enum RunError {
         url: String,
         source: tonic::transport::Error,
     },
-    #[error("reflection: {0}")]
+    #[error("authentication")]
+    Auth(#[from] jobmesh_runtime::auth::SetupError),
+    #[error("metrics")]
+    Metrics(#[source] std::io::Error),
+    #[error("REST routes: {0}")]
+    Rest(String),
+    #[error("reflection")]
     Reflection(#[from] tonic_reflection::server::Error),
-    #[error("grpc server: {0}")]
+    #[error("grpc server")]
     Serve(#[from] tonic::transport::Error),
 }
 
@@ -40,6 +48,13 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    let verifier = config.auth.verifier()?;
+    let shim = rest::Shim::new(&PUBLIC_SERVICES).map_err(|e| RunError::Rest(e.to_string()))?;
+    if verifier.is_none() {
+        tracing::warn!(
+            "AUTHENTICATION IS OFF (--insecure-no-auth): every caller is tenant \"default\" with every scope; never expose this gateway"
+        );
+    }
     let url_error = |service, url: &str| {
         let url = url.to_owned();
         move |source| RunError::Url {
@@ -61,6 +76,13 @@ pub async fn run(
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
         dispatcher: DispatcherServiceClient::new(dispatcher),
         shutdown: shutdown.clone(),
+        auth: jobmesh_runtime::auth::Authenticator::new(verifier),
+        tenant_claim: config.auth.auth_tenant_claim.clone(),
+        submits: std::sync::Arc::new(limits::RateLimiter::new(
+            config.submit_rate,
+            config.submit_burst,
+        )),
+        watches: limits::WatchSlots::new(config.max_watches),
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -70,6 +92,26 @@ pub async fn run(
     health
         .set_serving::<TaskServiceServer<grpc::Gateway>>()
         .await;
+    // SERVING only while job-store answers (nothing works without it).
+    tokio::spawn(jobmesh_runtime::health::follow(
+        health.clone(),
+        vec![
+            jobmesh_proto::service_names::JOB_SERVICE.to_owned(),
+            jobmesh_proto::service_names::TASK_SERVICE.to_owned(),
+        ],
+        vec![jobmesh_runtime::health::grpc_service(
+            "job-store",
+            jobmesh_runtime::grpc::channel(&config.job_store_url)
+                .map_err(url_error("job-store", &config.job_store_url))?,
+        )],
+        shutdown.clone(),
+    ));
+    if let Some(listener) = jobmesh_runtime::metrics::bind(&config.metrics)
+        .await
+        .map_err(RunError::Metrics)?
+    {
+        tokio::spawn(jobmesh_runtime::metrics::serve(listener, shutdown.clone()));
+    }
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
@@ -80,7 +122,16 @@ pub async fn run(
     let address = listener.local_addr().ok();
     tracing::info!(?address, job_store = %config.job_store_url, dispatcher = %config.dispatcher_url, "gateway serving");
     let stopping = shutdown.clone();
-    jobmesh_runtime::grpc::server()
+    // Outermost first: the REST shim sees every request and turns REST ones into
+    // in-process gRPC calls, which then pass the in-flight cap like any gRPC call
+    // (so an overloaded REST caller gets a JSON 429, not a gRPC frame).
+    // The standard layers (metrics, decode errors) sit inside the shim so that
+    // REST calls are recorded as the gRPC calls they become.
+    jobmesh_runtime::grpc::builder()
+        .accept_http1(true)
+        .layer(rest::RestLayer::new(shim))
+        .layer(jobmesh_runtime::grpc::standard_layers())
+        .layer(limits::InflightLayer::new(config.max_inflight))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -95,6 +146,21 @@ pub async fn run(
         .await?;
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// The public services, served over gRPC and (for their annotated RPCs) REST.
+const PUBLIC_SERVICES: [&str; 2] = [
+    jobmesh_proto::service_names::JOB_SERVICE,
+    jobmesh_proto::service_names::TASK_SERVICE,
+];
+
+/// The OpenAPI document the gateway serves at `/openapi.json`.
+pub fn openapi_document() -> Result<String, RunError> {
+    let pool = prost_reflect::DescriptorPool::decode(jobmesh_proto::FILE_DESCRIPTOR_SET)
+        .map_err(|e| RunError::Rest(e.to_string()))?;
+    let table = rest::routes::Table::build(&pool, &PUBLIC_SERVICES)
+        .map_err(|e| RunError::Rest(e.to_string()))?;
+    Ok(rest::openapi::document(&table))
 }
 
 /// Reflection over the services the gateway serves, and only those: the descriptor

@@ -84,6 +84,12 @@ fn labels(field: &str, labels: &HashMap<String, String>) -> Result<(), Status> {
                 ),
             ));
         }
+        if value.contains('\0') {
+            return Err(invalid(
+                field,
+                format!("value of {key:?} contains a NUL character"),
+            ));
+        }
         if value.len() > MAX_LABEL_VALUE {
             return Err(invalid(
                 field,
@@ -156,6 +162,12 @@ pub(crate) fn submit(
             format!("{size} bytes exceed the limit of {MAX_ARGS_BYTES}"),
         ));
     }
+    if let Some(path) = nul_in_struct(&args, "args") {
+        return Err(invalid(
+            "args",
+            format!("{path} contains a NUL character, which JSON text in PostgreSQL cannot hold"),
+        ));
+    }
     let depth = struct_depth(&args);
     if depth > MAX_ARGS_DEPTH {
         return Err(invalid(
@@ -171,6 +183,9 @@ pub(crate) fn submit(
                 r.idempotency_key.len()
             ),
         ));
+    }
+    if r.idempotency_key.contains('\0') {
+        return Err(invalid("idempotency_key", "contains a NUL character"));
     }
     labels("labels", &r.labels)?;
     if !(-1000..=1000).contains(&r.priority) {
@@ -204,6 +219,13 @@ pub(crate) fn submit(
         if when > SystemTime::now() + MAX_SCHEDULE_AHEAD {
             return Err(invalid("schedule_time", "more than 365 days ahead"));
         }
+        // A time in the past means "now"; one before 1970 is a mistake.
+        if when < SystemTime::UNIX_EPOCH {
+            return Err(invalid(
+                "schedule_time",
+                "is before 1970-01-01; leave it unset to run as soon as possible",
+            ));
+        }
     }
     Ok(pb::CreateJobRequest {
         tenant: tenant.to_owned(),
@@ -217,6 +239,32 @@ pub(crate) fn submit(
         schedule_time: r.schedule_time,
         retry_policy: retry_policy(r.retry_policy)?,
     })
+}
+
+/// The path of the first string (key or value) in `value` holding a NUL
+/// character, e.g. `args.a[2]`.
+fn nul_in_struct(value: &prost_types::Struct, path: &str) -> Option<String> {
+    value.fields.iter().find_map(|(key, v)| {
+        let here = format!("{path}.{key}");
+        if key.contains('\0') {
+            return Some(format!("{path} (a key)"));
+        }
+        nul_in_value(v, &here)
+    })
+}
+
+fn nul_in_value(value: &prost_types::Value, path: &str) -> Option<String> {
+    use prost_types::value::Kind;
+    match value.kind.as_ref()? {
+        Kind::StringValue(s) if s.contains('\0') => Some(path.to_owned()),
+        Kind::StructValue(s) => nul_in_struct(s, path),
+        Kind::ListValue(list) => list
+            .values
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_in_value(v, &format!("{path}[{i}]"))),
+        _ => None,
+    }
 }
 
 /// A ListJobs request turned into job-store's ListJobs for `tenant`.
@@ -259,6 +307,45 @@ mod tests {
             task: task.to_owned(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn nul_characters_are_refused_where_they_would_reach_postgres() {
+        let mut r = request("demo.echo");
+        let args = serde_json::json!({"a": {"b": ["ok", "bad\u{0}"]}});
+        r.args = args.as_object().map(jobmesh_proto::json::json_to_struct);
+        let status = submit("t", r).expect_err("NUL in args");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status
+                .message()
+                .starts_with("args: args.a.b[1] contains a NUL"),
+            "{}",
+            status.message()
+        );
+        let mut r = request("demo.echo");
+        r.idempotency_key = "k\0".into();
+        assert_eq!(
+            submit("t", r).expect_err("NUL in key").message(),
+            "idempotency_key: contains a NUL character"
+        );
+        let mut r = request("demo.echo");
+        r.labels.insert("team".into(), "a\0".into());
+        assert!(submit("t", r).is_err());
+        let list = v1::ListJobsRequest {
+            labels: vec!["team=a\0".into()],
+            ..Default::default()
+        };
+        assert!(super::list("t", list).is_err());
+        let mut r = request("demo.echo");
+        r.schedule_time = Some(prost_types::Timestamp {
+            seconds: -62_000_000_000,
+            nanos: 0,
+        });
+        assert_eq!(
+            submit("t", r).expect_err("year 5").message(),
+            "schedule_time: is before 1970-01-01; leave it unset to run as soon as possible"
+        );
     }
 
     #[test]

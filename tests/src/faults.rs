@@ -15,13 +15,13 @@ use anyhow::{Context as _, bail, ensure};
 use jobmesh_proto::json::json_to_struct;
 use jobmesh_proto::v1::job_service_client::JobServiceClient;
 use jobmesh_proto::v1::{self};
+use jobmesh_runtime::auth::AuthChannel;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
-use tonic::transport::Channel;
 
 /// A free loopback port (bound and released; good enough on a test machine).
 pub fn free_port() -> anyhow::Result<u16> {
@@ -59,6 +59,13 @@ impl Proc {
             log: dir.join(format!("{name}.log")),
             child: None,
         }
+    }
+
+    /// Adds environment variables.
+    pub fn with_env(mut self, extra: &[(&str, String)]) -> Self {
+        self.envs
+            .extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+        self
     }
 
     /// Starts the process, its output appended to `<dir>/<name>.log`.
@@ -213,6 +220,8 @@ pub struct ClusterOptions {
     pub workers: usize,
     pub slots: u32,
     pub lease_ms: u64,
+    /// OTLP endpoint the services export traces to (`OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The mesh as separate processes.
@@ -220,6 +229,8 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub database: String,
     pub gateway_url: String,
+    pub job_store_url: String,
+    pub dispatcher_url: String,
     pub nats: Proc,
     pub job_store: Proc,
     pub dispatcher: Proc,
@@ -229,6 +240,8 @@ pub struct Cluster {
     pub postgres_link: Proxy,
     /// workers → dispatcher.
     pub worker_link: Proxy,
+    /// A user token of the cluster's signing key.
+    pub token: String,
 }
 
 impl Cluster {
@@ -267,11 +280,30 @@ impl Cluster {
         let (store_port, dispatcher_port, gateway_port) =
             (free_port()?, free_port()?, free_port()?);
         let worker_link = Proxy::start(format!("127.0.0.1:{dispatcher_port}").parse()?).await?;
+        let key_file = dir.join("signing.key");
+        jobmesh_runtime::auth::ensure_dev_key(&key_file)?;
+        let minter = jobmesh_runtime::auth::Minter::hs256_file(&key_file)?;
+        let mint = |tenant: Option<&str>, scopes: &[&str]| {
+            minter.mint("faults", tenant, scopes, Duration::from_secs(24 * 3600))
+        };
+        let token = mint(Some("faults"), &jobmesh_runtime::auth::scope::USER)?;
+        let worker_token = mint(None, &[jobmesh_runtime::auth::scope::WORKER])?;
+        let key_env = (
+            "JOBMESH_AUTH_HS256_SECRET_FILE",
+            key_file.display().to_string(),
+        );
         let common = [
             ("JOBMESH_NATS_URL", nats_url.clone()),
             ("JOBMESH_NATS_PREFIX", "faults".to_owned()),
         ];
         let binary = &options.binary;
+        let otel: Vec<(&str, String)> = match &options.otlp_endpoint {
+            Some(endpoint) => vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+                ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+            ],
+            None => Vec::new(),
+        };
         let mut job_store = Proc::new(
             "job-store",
             binary,
@@ -286,7 +318,8 @@ impl Cluster {
             ]),
             &[&common[..], &[("JOBMESH_DATABASE_URL", database_url)]].concat(),
             &dir,
-        );
+        )
+        .with_env(&otel);
         let job_store_url = format!("http://127.0.0.1:{store_port}");
         let mut dispatcher = Proc::new(
             "dispatcher",
@@ -302,11 +335,15 @@ impl Cluster {
             ]),
             &[
                 &common[..],
-                &[("JOBMESH_JOB_STORE_URL", job_store_url.clone())],
+                &[
+                    ("JOBMESH_JOB_STORE_URL", job_store_url.clone()),
+                    key_env.clone(),
+                ],
             ]
             .concat(),
             &dir,
-        );
+        )
+        .with_env(&otel);
         let mut gateway = Proc::new(
             "gateway",
             binary,
@@ -317,29 +354,37 @@ impl Cluster {
                     "JOBMESH_DISPATCHER_URL",
                     format!("http://127.0.0.1:{dispatcher_port}"),
                 ),
+                key_env,
             ],
             &dir,
-        );
+        )
+        .with_env(&otel);
         let mut workers = Vec::new();
         for n in 0..options.workers {
-            workers.push(Proc::new(
-                &format!("worker-{n}"),
-                binary,
-                &args(&[
-                    "worker",
-                    "--worker-id",
+            workers.push(
+                Proc::new(
                     &format!("worker-{n}"),
-                    "--slots",
-                    &options.slots.to_string(),
-                    "--shutdown-grace-ms",
-                    "5000",
-                ]),
-                &[(
-                    "JOBMESH_DISPATCHER_URL",
-                    format!("http://{}", worker_link.address),
-                )],
-                &dir,
-            ));
+                    binary,
+                    &args(&[
+                        "worker",
+                        "--worker-id",
+                        &format!("worker-{n}"),
+                        "--slots",
+                        &options.slots.to_string(),
+                        "--shutdown-grace-ms",
+                        "5000",
+                    ]),
+                    &[
+                        (
+                            "JOBMESH_DISPATCHER_URL",
+                            format!("http://{}", worker_link.address),
+                        ),
+                        ("JOBMESH_WORKER_TOKEN", worker_token.clone()),
+                    ],
+                    &dir,
+                )
+                .with_env(&otel),
+            );
         }
         job_store.start()?;
         wait_port(store_port, Duration::from_secs(30))
@@ -357,6 +402,8 @@ impl Cluster {
             dir,
             database,
             gateway_url: format!("http://127.0.0.1:{gateway_port}"),
+            job_store_url: format!("http://127.0.0.1:{store_port}"),
+            dispatcher_url: format!("http://127.0.0.1:{dispatcher_port}"),
             nats,
             job_store,
             dispatcher,
@@ -364,6 +411,7 @@ impl Cluster {
             workers,
             postgres_link,
             worker_link,
+            token,
         };
         cluster.wait_ready().await?;
         Ok(cluster)
@@ -410,10 +458,11 @@ impl Cluster {
         }
     }
 
-    pub fn jobs(&self) -> JobServiceClient<Channel> {
-        JobServiceClient::new(
+    pub fn jobs(&self) -> JobServiceClient<AuthChannel> {
+        JobServiceClient::new(jobmesh_runtime::auth::with_token(
             jobmesh_runtime::grpc::channel(&self.gateway_url).expect("loopback url"),
-        )
+            Some(&self.token),
+        ))
     }
 
     /// Rows waiting in job-store's outbox (committed, not yet in JetStream).
@@ -592,7 +641,7 @@ fn retryable(code: Code) -> bool {
 /// idempotency key until accepted (as a client whose reply got lost would);
 /// cancels the `Cancelled` ones shortly after.
 pub async fn submit_workload(
-    client: JobServiceClient<Channel>,
+    client: JobServiceClient<AuthChannel>,
     jobs: usize,
     concurrency: usize,
     limit: Duration,

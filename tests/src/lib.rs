@@ -3,6 +3,8 @@
 //! real PostgreSQL (a fresh database per mesh) and the real NATS JetStream (a
 //! unique name prefix per mesh). Nothing is mocked.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -11,13 +13,15 @@ use jobmesh_proto::v1::job_service_client::JobServiceClient;
 use jobmesh_proto::v1::task_service_client::TaskServiceClient;
 use jobmesh_proto::v1::{self, JobState};
 use jobmesh_runtime::NatsConfig;
+use jobmesh_runtime::auth::{self, AuthChannel, Minter, scope};
+use jobmesh_runtime::grpc::Channel;
 use jobmesh_worker::Handlers;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 pub mod faults;
+pub mod http;
 
 /// PostgreSQL server used by tests (`JOBMESH_TEST_POSTGRES`, default local).
 pub fn postgres_server() -> String {
@@ -53,6 +57,8 @@ pub struct MeshOptions {
     pub workers: Vec<WorkerSpec>,
     /// Lease length given by the dispatcher (milliseconds).
     pub lease_ms: u64,
+    /// Gateway settings applied on top of the test defaults (limits).
+    pub gateway: fn(&mut jobmesh_gateway::Config),
 }
 
 impl Default for MeshOptions {
@@ -60,6 +66,7 @@ impl Default for MeshOptions {
         Self {
             workers: vec![WorkerSpec::builtin("worker-1", 8)],
             lease_ms: 15_000,
+            gateway: |_| {},
         }
     }
 }
@@ -78,7 +85,13 @@ pub struct Mesh {
     store_task: Option<JoinHandle<Result<(), jobmesh_job_store::RunError>>>,
     dispatcher: Option<(CancellationToken, JoinHandle<()>)>,
     dispatcher_config: jobmesh_dispatcher::Config,
+    /// HS256 key that gateway and dispatcher verify tokens with.
+    pub key_file: PathBuf,
+    minter: Arc<Minter>,
 }
+
+/// Tenant of the tokens [`Mesh::jobs`] and [`Mesh::tasks`] send.
+pub const TENANT: &str = "tenant-a";
 
 fn spawn_dispatcher(
     config: jobmesh_dispatcher::Config,
@@ -87,7 +100,7 @@ fn spawn_dispatcher(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         if let Err(error) = jobmesh_dispatcher::run(config, listener, stop).await {
-            panic!("dispatcher failed: {error}");
+            panic!("dispatcher failed: {:#}", anyhow::Error::from(error));
         }
     })
 }
@@ -124,6 +137,10 @@ impl Mesh {
         let edge = CancellationToken::new();
         let core = CancellationToken::new();
         let store_stop = CancellationToken::new();
+        let key_file = std::env::temp_dir().join(format!("jobmesh-test-{suffix}.key"));
+        auth::ensure_dev_key(&key_file).context("writing the mesh's signing key")?;
+        let minter = Arc::new(Minter::hs256_file(&key_file)?);
+        let auth_config = auth::AuthConfig::hs256_file(&key_file);
 
         let store_config = jobmesh_job_store::Config::new(
             format!("{}/{database}", postgres_server()),
@@ -137,6 +154,7 @@ impl Mesh {
         let mut dispatcher_config =
             jobmesh_dispatcher::Config::new(job_store_url.clone(), nats.clone());
         dispatcher_config.lease_ms = options.lease_ms;
+        dispatcher_config.auth = auth_config.clone();
         let mut tasks = Vec::new();
         let dispatcher_stop = core.child_token();
         let dispatcher = spawn_dispatcher(
@@ -144,12 +162,14 @@ impl Mesh {
             dispatcher_listener,
             dispatcher_stop.clone(),
         );
-        let gateway_config =
+        let mut gateway_config =
             jobmesh_gateway::Config::new(job_store_url.clone(), dispatcher_url.clone());
+        gateway_config.auth = auth_config;
+        (options.gateway)(&mut gateway_config);
         let stop = edge.clone();
         tasks.push(tokio::spawn(async move {
             if let Err(error) = jobmesh_gateway::run(gateway_config, gateway_listener, stop).await {
-                panic!("gateway failed: {error}");
+                panic!("gateway failed: {:#}", anyhow::Error::from(error));
             }
         }));
         let mut mesh = Mesh {
@@ -165,6 +185,8 @@ impl Mesh {
             store_task: Some(store_task),
             dispatcher: Some((dispatcher_stop, dispatcher)),
             dispatcher_config,
+            key_file,
+            minter,
         };
         for spec in options.workers {
             mesh.add_worker(spec);
@@ -179,10 +201,15 @@ impl Mesh {
         config.worker_id = Some(spec.worker_id);
         config.slots = spec.slots;
         config.shutdown_grace_ms = 2_000;
+        config.token = Some(
+            self.token_for(None, &[scope::WORKER])
+                .parse()
+                .unwrap_or_default(),
+        );
         let stop = self.edge.clone();
         self.tasks.push(tokio::spawn(async move {
             if let Err(error) = jobmesh_worker::run_with(config, spec.handlers, stop).await {
-                panic!("worker failed: {error}");
+                panic!("worker failed: {:#}", anyhow::Error::from(error));
             }
         }));
     }
@@ -211,14 +238,40 @@ impl Mesh {
         bail!("the mesh did not become ready within 30s")
     }
 
-    /// A client of the public job API.
-    pub fn jobs(&self) -> JobServiceClient<Channel> {
-        JobServiceClient::new(channel(&self.gateway_url))
+    /// A token signed with the mesh's key, valid for an hour.
+    pub fn token(&self, tenant: &str, scopes: &[&str]) -> String {
+        self.token_for(Some(tenant), scopes)
     }
 
-    /// A client of the public task API.
-    pub fn tasks(&self) -> TaskServiceClient<Channel> {
-        TaskServiceClient::new(channel(&self.gateway_url))
+    /// A token signed with the mesh's key that names no tenant.
+    pub fn token_without_tenant(&self, scopes: &[&str]) -> String {
+        self.token_for(None, scopes)
+    }
+
+    fn token_for(&self, tenant: Option<&str>, scopes: &[&str]) -> String {
+        self.minter
+            .mint("test", tenant, scopes, Duration::from_secs(3600))
+            .expect("minting with an HS256 key cannot fail")
+    }
+
+    /// A client of the public job API, as a user of [`TENANT`] with every user scope.
+    pub fn jobs(&self) -> JobServiceClient<AuthChannel> {
+        self.jobs_with(Some(&self.token(TENANT, &scope::USER)))
+    }
+
+    /// A client of the public job API sending `token` (or none).
+    pub fn jobs_with(&self, token: Option<&str>) -> JobServiceClient<AuthChannel> {
+        JobServiceClient::new(auth::with_token(channel(&self.gateway_url), token))
+    }
+
+    /// A client of the public task API, as a user of [`TENANT`].
+    pub fn tasks(&self) -> TaskServiceClient<AuthChannel> {
+        self.tasks_with(Some(&self.token(TENANT, &scope::USER)))
+    }
+
+    /// A client of the public task API sending `token` (or none).
+    pub fn tasks_with(&self, token: Option<&str>) -> TaskServiceClient<AuthChannel> {
+        TaskServiceClient::new(auth::with_token(channel(&self.gateway_url), token))
     }
 
     /// A client of job-store's internal API (for fencing tests).
@@ -298,6 +351,7 @@ impl Mesh {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
         self.cleanup().await;
+        let _ = std::fs::remove_file(&self.key_file);
     }
 
     async fn cleanup(&self) {
@@ -329,4 +383,59 @@ fn channel(url: &str) -> Channel {
 /// Whether `state` is `expected`, for readable assertions.
 pub fn state_of(job: &v1::Job) -> JobState {
     job.state()
+}
+
+/// Compares `actual` with the golden file `tests/golden/<name>`; with
+/// `UPDATE_GOLDEN=1` in the environment, rewrites the file instead.
+pub fn golden(name: &str, actual: &str) -> anyhow::Result<()> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("golden")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&path, actual)?;
+        return Ok(());
+    }
+    let expected = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "golden file {} missing; run the test with UPDATE_GOLDEN=1 to create it",
+            path.display()
+        )
+    })?;
+    if expected != actual {
+        bail!(
+            "{} differs from the golden file (UPDATE_GOLDEN=1 rewrites it after review)\n--- expected\n{expected}\n--- actual\n{actual}",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// `value` with run-specific fields (ids, times, worker ids) replaced, as pretty
+/// JSON, for golden files.
+pub fn normalised(value: &serde_json::Value) -> String {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map.iter_mut() {
+                    let volatile = matches!(key.as_str(), "id" | "workerId" | "nextPageToken")
+                        || key.ends_with("Time");
+                    if volatile && v.as_str().is_some_and(|s| !s.is_empty()) {
+                        *v = serde_json::Value::String(format!("<{key}>"));
+                    } else {
+                        walk(v);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut value = value.clone();
+    walk(&mut value);
+    let mut text = serde_json::to_string_pretty(&value).unwrap_or_default();
+    text.push('\n');
+    text
 }

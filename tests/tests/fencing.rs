@@ -9,7 +9,7 @@ use jobmesh_proto::internal::{
     ReportProgressRequest,
 };
 use jobmesh_proto::v1::{self, JobState};
-use jobmesh_tests::{Mesh, MeshOptions};
+use jobmesh_tests::{Mesh, MeshOptions, TENANT};
 use tonic::Code;
 
 fn attempt(job_id: &str, attempt: i32) -> Option<JobAttempt> {
@@ -58,7 +58,7 @@ async fn stale_attempts_are_refused_and_change_nothing() -> anyhow::Result<()> {
             _,
         >| {
             let request = GetJobRequest {
-                tenant: "default".to_owned(),
+                tenant: TENANT.to_owned(),
                 job_id: job.id.clone(),
             };
             let mut store = store.clone();

@@ -5,7 +5,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use jobmesh_tests::{Mesh, MeshOptions};
+use jobmesh_runtime::auth::scope;
+use jobmesh_tests::{Mesh, MeshOptions, TENANT};
 
 /// The grpcurl to use: `$GRPCURL`, else `grpcurl` on PATH.
 fn grpcurl() -> String {
@@ -13,9 +14,14 @@ fn grpcurl() -> String {
 }
 
 /// Runs grpcurl with `args` against `address`; returns (success, stdout, stderr).
-fn run(address: &str, args: &[&str]) -> (bool, String, String) {
+fn run(address: &str, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
     let mut command = Command::new(grpcurl());
     command.arg("-plaintext");
+    if let Some(token) = token {
+        command
+            .arg("-H")
+            .arg(format!("authorization: Bearer {token}"));
+    }
     // Flags and their values come before the address, the method after it.
     let mut iter = args.iter().peekable();
     let mut before = Vec::new();
@@ -48,13 +54,15 @@ fn run(address: &str, args: &[&str]) -> (bool, String, String) {
 async fn grpcurl_lists_describes_checks_health_and_submits() -> anyhow::Result<()> {
     let mesh = Mesh::start(MeshOptions::default()).await?;
     let address = mesh.gateway_url.trim_start_matches("http://").to_owned();
-    let call = |args: Vec<String>| {
+    let token = mesh.token(TENANT, &scope::USER);
+    let call_as = |token: Option<String>, args: Vec<String>| {
         let address = address.clone();
         tokio::task::spawn_blocking(move || {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            run(&address, &args)
+            run(&address, token.as_deref(), &args)
         })
     };
+    let call = |args: Vec<String>| call_as(Some(token.clone()), args);
     let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
 
     let (ok, out, err) = call(args(&["list"])).await?;
@@ -132,6 +140,16 @@ async fn grpcurl_lists_describes_checks_health_and_submits() -> anyhow::Result<(
         err.contains("task: \"not a task\" is not a task name"),
         "{err}"
     );
+
+    // Without a token the call is refused, and says what is missing.
+    let (ok, _out, err) = call_as(
+        None,
+        args(&["-d", "{}", "jobmesh.v1.TaskService/ListTasks"]),
+    )
+    .await?;
+    assert!(!ok);
+    assert!(err.contains("Code: Unauthenticated"), "{err}");
+    assert!(err.contains("authorization: Bearer"), "{err}");
     mesh.stop().await;
     Ok(())
 }

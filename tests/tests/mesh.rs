@@ -840,3 +840,107 @@ async fn exec_runs_a_command_per_job_and_kills_its_process_group_on_cancel() -> 
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// A page ends before its answer would pass the 4 MiB message limit: 20 jobs of
+/// 200 KiB of args each (4 MB) come in several pages, each exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_stay_under_the_message_limit_and_lose_nothing() -> anyhow::Result<()> {
+    let mesh = Mesh::start(MeshOptions {
+        workers: Vec::new(),
+        ..MeshOptions::default()
+    })
+    .await?;
+    let blob = "x".repeat(200 * 1024);
+    let mut ids = HashSet::new();
+    for n in 0..20 {
+        let args = json!({"blob": blob, "n": n});
+        let job = mesh
+            .submit(v1::SubmitJobRequest {
+                task: "nobody.home".into(),
+                args: args.as_object().map(json_to_struct),
+                ..Default::default()
+            })
+            .await?;
+        ids.insert(job.id);
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = mesh
+            .jobs()
+            .list_jobs(v1::ListJobsRequest {
+                page_size: 50,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        pages += 1;
+        assert!(!page.jobs.is_empty() || page.next_page_token.is_empty());
+        seen.extend(page.jobs.into_iter().map(|j| j.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert!(pages > 1, "20 × 200 KiB should not fit one answer");
+    assert_eq!(seen.len(), 20, "each job exactly once");
+    assert_eq!(seen.iter().cloned().collect::<HashSet<_>>(), ids);
+    // NUL characters never reach PostgreSQL: refused, nothing created.
+    let refused = mesh
+        .jobs()
+        .submit_job(v1::SubmitJobRequest {
+            task: "nobody.home".into(),
+            labels: [("team".to_owned(), "a\0b".to_owned())].into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("NUL in a label");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert_eq!(
+        refused.message(),
+        "labels: value of \"team\" contains a NUL character"
+    );
+    mesh.stop().await;
+    Ok(())
+}
+
+/// A result too large to be read back fails the job with a message saying so,
+/// instead of being stored (a job travels whole under the 4 MiB message limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_result_fails_the_job_with_a_clear_message() -> anyhow::Result<()> {
+    let mut handlers = Handlers::new();
+    handlers.register("test.huge", |_ctx| async move {
+        Ok::<_, TaskError>(json!({"blob": "y".repeat(2 * 1024 * 1024)}))
+    });
+    let mesh = Mesh::start(MeshOptions {
+        workers: vec![WorkerSpec {
+            worker_id: "huge".into(),
+            slots: 1,
+            handlers,
+        }],
+        ..MeshOptions::default()
+    })
+    .await?;
+    let job = mesh
+        .submit(v1::SubmitJobRequest {
+            task: "test.huge".into(),
+            ..Default::default()
+        })
+        .await?;
+    let done = mesh.finished(&job.id, Duration::from_secs(30)).await?;
+    assert_eq!(done.state(), JobState::Failed);
+    let error = done.error.expect("an error");
+    assert!(!error.retryable);
+    assert!(
+        error.message.ends_with(
+            "over the limit of 1048576; store large outputs elsewhere and return a reference"
+        ),
+        "{}",
+        error.message
+    );
+    assert!(done.result.is_none());
+    mesh.stop().await;
+    Ok(())
+}

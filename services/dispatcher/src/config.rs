@@ -27,6 +27,12 @@ pub struct Config {
     /// dispatcher that died are handed to another.
     #[arg(long, env = "JOBMESH_ACK_WAIT_MS", default_value_t = 30_000)]
     pub ack_wait_ms: u64,
+    /// How workers authenticate: a JWT with the `worker` scope, verified with these keys.
+    #[command(flatten)]
+    pub auth: jobmesh_runtime::auth::AuthConfig,
+    /// Where Prometheus metrics are served.
+    #[command(flatten)]
+    pub metrics: jobmesh_runtime::metrics::MetricsConfig,
 }
 
 impl Config {
@@ -37,6 +43,8 @@ impl Config {
             nats,
             lease_ms: 15_000,
             ack_wait_ms: 30_000,
+            auth: jobmesh_runtime::auth::AuthConfig::insecure(),
+            metrics: jobmesh_runtime::metrics::MetricsConfig::default(),
         }
     }
 

@@ -14,6 +14,10 @@ use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
+use jobmesh_runtime::grpc::traced_in;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
 use crate::Context;
 
 /// Largest pull request, whatever the free capacity.
@@ -118,7 +122,7 @@ async fn consumer(
 }
 
 /// Leases one queued attempt to a worker with a free slot and sends it the
-/// assignment.
+/// assignment, in a span of the job's trace (its context came in the message).
 async fn deliver(ctx: &Context, task: &str, message: jetstream::Message) {
     let queued = match QueuedAttempt::decode(message.payload.clone()) {
         Ok(QueuedAttempt {
@@ -131,6 +135,43 @@ async fn deliver(ctx: &Context, task: &str, message: jetstream::Message) {
             return;
         }
     };
+    let parent = message
+        .headers
+        .as_ref()
+        .map(jobmesh_runtime::trace::from_nats)
+        .unwrap_or_default();
+    // Only a traced job's deliveries are traced (no trace starts here).
+    let span = if !jobmesh_runtime::trace::has_span(&parent) {
+        tracing::Span::none()
+    } else {
+        tracing::info_span!(
+            "jetstream.process",
+            otel.name = %format!("{} process", message.subject),
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation = "process",
+            messaging.destination.name = %message.subject,
+            jobmesh.job_id = %queued.job_id,
+            jobmesh.task = %task,
+            jobmesh.attempt = queued.attempt,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        )
+    };
+    jobmesh_runtime::trace::adopt(&span, parent);
+    let context = span.context();
+    lease_and_assign(ctx, task, message, queued, context)
+        .instrument(span)
+        .await;
+}
+
+async fn lease_and_assign(
+    ctx: &Context,
+    task: &str,
+    message: jetstream::Message,
+    queued: jobmesh_proto::internal::JobAttempt,
+    context: opentelemetry::Context,
+) {
     let key = (queued.job_id.clone(), queued.attempt);
     let Some(slot) = ctx.registry.reserve(task, &key) else {
         ack(&message, AckKind::Nak(Some(RETRY_DELAY))).await;
@@ -138,11 +179,14 @@ async fn deliver(ctx: &Context, task: &str, message: jetstream::Message) {
     };
     let lease = ctx
         .job_store()
-        .lease_job(LeaseJobRequest {
-            attempt: Some(queued.clone()),
-            worker_id: slot.worker_id.clone(),
-            lease_duration: prost_types::Duration::try_from(ctx.config.lease()).ok(),
-        })
+        .lease_job(traced_in(
+            &context,
+            LeaseJobRequest {
+                attempt: Some(queued.clone()),
+                worker_id: slot.worker_id.clone(),
+                lease_duration: prost_types::Duration::try_from(ctx.config.lease()).ok(),
+            },
+        ))
         .await;
     let job = match lease {
         Ok(response) => response.into_inner().job.unwrap_or_default(),
@@ -165,6 +209,8 @@ async fn deliver(ctx: &Context, task: &str, message: jetstream::Message) {
     // The lease is durable: the message has done its job, and the lease keeper
     // may renew it from now on.
     ctx.registry.mark_leased(slot.session, &key);
+    let traceparent = jobmesh_runtime::trace::to_traceparent(&context).unwrap_or_default();
+    ctx.remember_trace(&job.id, job.attempt, context);
     ack(&message, AckKind::Ack).await;
     let assignment = ConnectResponse {
         message: Some(connect_response::Message::Assignment(JobAssignment {
@@ -175,6 +221,7 @@ async fn deliver(ctx: &Context, task: &str, message: jetstream::Message) {
             timeout: job.timeout,
             labels: job.labels.clone(),
             max_attempts: job.max_attempts,
+            traceparent,
         })),
     };
     tracing::debug!(job_id = %job.id, attempt = job.attempt, worker_id = %slot.worker_id, "assigned");

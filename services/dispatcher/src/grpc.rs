@@ -23,43 +23,49 @@ impl DispatcherService for DispatcherGrpc {
         &self,
         _request: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
-        let mut depths: BTreeMap<String, i64> = BTreeMap::new();
-        let stream = self
-            .ctx
-            .jetstream
-            .get_stream(self.ctx.config.nats.stream_name())
-            .await
-            .map_err(|e| Status::unavailable(format!("jetstream unavailable: {e}")))?;
-        let subjects = stream
-            .info_with_subjects(self.ctx.config.nats.jobs_wildcard())
-            .await
-            .map_err(|e| Status::unavailable(format!("jetstream unavailable: {e}")))?;
-        let subjects: Vec<(String, usize)> = subjects
-            .take(MAX_SUBJECTS)
-            .try_collect()
-            .await
-            .map_err(|e| Status::unavailable(format!("jetstream unavailable: {e}")))?;
-        for (subject, count) in subjects {
-            if let Some(task) = self.ctx.config.nats.task_of_subject(&subject) {
-                depths.insert(task.to_owned(), i64::try_from(count).unwrap_or(i64::MAX));
-            }
-        }
-        for task in self.ctx.registry.tasks() {
-            depths.entry(task).or_insert(0);
-        }
-        let tasks = depths
-            .into_iter()
-            .map(|(name, queue_depth)| {
-                let capacity = self.ctx.registry.capacity(&name);
-                TaskCapacity {
-                    name,
-                    workers: i32::try_from(capacity.workers).unwrap_or(i32::MAX),
-                    slots: i32::try_from(capacity.slots).unwrap_or(i32::MAX),
-                    free_slots: i32::try_from(capacity.free).unwrap_or(i32::MAX),
-                    queue_depth,
-                }
-            })
-            .collect();
+        let tasks = snapshot(&self.ctx).await?;
         Ok(Response::new(ListTasksResponse { tasks }))
     }
+}
+
+/// Every task this dispatcher knows or JetStream holds messages for: connected
+/// workers, slots, free slots and messages waiting.
+pub(crate) async fn snapshot(ctx: &Context) -> Result<Vec<TaskCapacity>, Status> {
+    let mut depths: BTreeMap<String, i64> = BTreeMap::new();
+    let stream = ctx
+        .jetstream
+        .get_stream(ctx.config.nats.stream_name())
+        .await
+        .map_err(|e| Status::unavailable(format!("jetstream unavailable: {e}")))?;
+    let subjects = stream
+        .info_with_subjects(ctx.config.nats.jobs_wildcard())
+        .await
+        .map_err(|e| Status::unavailable(format!("jetstream unavailable: {e}")))?;
+    let subjects: Vec<(String, usize)> = subjects
+        .take(MAX_SUBJECTS)
+        .try_collect()
+        .await
+        .map_err(|e| Status::unavailable(format!("jetstream unavailable: {e}")))?;
+    for (subject, count) in subjects {
+        if let Some(task) = ctx.config.nats.task_of_subject(&subject) {
+            depths.insert(task.to_owned(), i64::try_from(count).unwrap_or(i64::MAX));
+        }
+    }
+    for task in ctx.registry.tasks() {
+        depths.entry(task).or_insert(0);
+    }
+    let tasks = depths
+        .into_iter()
+        .map(|(name, queue_depth)| {
+            let capacity = ctx.registry.capacity(&name);
+            TaskCapacity {
+                name,
+                workers: i32::try_from(capacity.workers).unwrap_or(i32::MAX),
+                slots: i32::try_from(capacity.slots).unwrap_or(i32::MAX),
+                free_slots: i32::try_from(capacity.free).unwrap_or(i32::MAX),
+                queue_depth,
+            }
+        })
+        .collect();
+    Ok(tasks)
 }

@@ -7,6 +7,7 @@ mod config;
 mod consumer;
 mod grpc;
 mod keeper;
+mod metrics;
 mod registry;
 mod session;
 
@@ -17,11 +18,12 @@ use async_nats::jetstream;
 use jobmesh_proto::internal::dispatcher_service_server::DispatcherServiceServer;
 use jobmesh_proto::internal::job_store_service_client::JobStoreServiceClient;
 use jobmesh_proto::v1::worker_service_server::WorkerServiceServer;
+use jobmesh_runtime::auth::{Authenticator, scope};
+use jobmesh_runtime::grpc::Channel;
 use jobmesh_runtime::grpc::{MAX_MESSAGE_BYTES, incoming};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::Channel;
 
 pub use config::Config;
 
@@ -35,9 +37,16 @@ pub enum RunError {
         url: String,
         source: tonic::transport::Error,
     },
-    #[error("grpc server: {0}")]
+    #[error("worker authentication")]
+    Auth(#[from] jobmesh_runtime::auth::SetupError),
+    #[error("metrics")]
+    Metrics(#[source] std::io::Error),
+    #[error("grpc server")]
     Serve(#[from] tonic::transport::Error),
 }
+
+/// Most attempts whose trace context a dispatcher keeps.
+const MAX_TRACED_ATTEMPTS: usize = 100_000;
 
 /// What the dispatcher's parts share.
 pub(crate) struct Context {
@@ -48,6 +57,9 @@ pub(crate) struct Context {
     job_store: JobStoreServiceClient<Channel>,
     tracker: TaskTracker,
     consumers: Mutex<HashSet<String>>,
+    /// Trace context of each attempt this dispatcher delivered, for the calls it
+    /// makes on the attempt's behalf (its outcome) to join the job's trace.
+    traces: Mutex<std::collections::HashMap<(String, i32), opentelemetry::Context>>,
     /// Cancelled when the dispatcher starts to shut down.
     shutdown: CancellationToken,
 }
@@ -55,6 +67,34 @@ pub(crate) struct Context {
 impl Context {
     fn job_store(&self) -> JobStoreServiceClient<Channel> {
         self.job_store.clone()
+    }
+
+    /// Remembers the trace context of a delivered attempt (bounded: the map is
+    /// emptied if it ever holds more than any set of workers could run).
+    fn remember_trace(&self, job_id: &str, attempt: i32, context: opentelemetry::Context) {
+        let mut traces = self.traces.lock().unwrap_or_else(|e| e.into_inner());
+        if traces.len() >= MAX_TRACED_ATTEMPTS {
+            traces.clear();
+        }
+        traces.insert((job_id.to_owned(), attempt), context);
+    }
+
+    /// The trace context of an attempt (empty if unknown).
+    fn trace_of(&self, job_id: &str, attempt: i32) -> opentelemetry::Context {
+        self.traces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(job_id.to_owned(), attempt))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Forgets an attempt's trace context once its outcome is recorded.
+    fn forget_trace(&self, job_id: &str, attempt: i32) {
+        self.traces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(job_id.to_owned(), attempt));
     }
 
     /// Starts the pull loop of every task not consumed yet.
@@ -80,6 +120,15 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    let worker_verifier = config.auth.verifier()?;
+    let metrics_listener = jobmesh_runtime::metrics::bind(&config.metrics)
+        .await
+        .map_err(RunError::Metrics)?;
+    if worker_verifier.is_none() {
+        tracing::warn!(
+            "worker authentication is OFF (--insecure-no-auth): any client can connect as a worker"
+        );
+    }
     let nats = config
         .nats
         .connect("jobmesh-dispatcher")
@@ -107,10 +156,15 @@ pub async fn run(
         job_store,
         tracker: tracker.clone(),
         consumers: Mutex::new(HashSet::new()),
+        traces: Mutex::new(std::collections::HashMap::new()),
         shutdown: shutdown.clone(),
     });
     tracker.spawn(keeper::renew_leases(Arc::clone(&ctx), shutdown.clone()));
     tracker.spawn(keeper::cancellations(Arc::clone(&ctx), shutdown.clone()));
+    tracker.spawn(metrics::sample(Arc::clone(&ctx), shutdown.clone()));
+    if let Some(listener) = metrics_listener {
+        tracker.spawn(jobmesh_runtime::metrics::serve(listener, shutdown.clone()));
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -119,8 +173,29 @@ pub async fn run(
     health
         .set_serving::<DispatcherServiceServer<grpc::DispatcherGrpc>>()
         .await;
+    // SERVING only while NATS and job-store answer.
+    let store_probe =
+        jobmesh_runtime::grpc::channel(&ctx.config.job_store_url).map_err(|source| {
+            RunError::JobStoreUrl {
+                url: ctx.config.job_store_url.clone(),
+                source,
+            }
+        })?;
+    tracker.spawn(jobmesh_runtime::health::follow(
+        health.clone(),
+        vec![
+            jobmesh_proto::service_names::WORKER_SERVICE.to_owned(),
+            jobmesh_proto::service_names::DISPATCHER_SERVICE.to_owned(),
+        ],
+        vec![
+            jobmesh_runtime::health::nats(ctx.nats.clone()),
+            jobmesh_runtime::health::grpc_service("job-store", store_probe),
+        ],
+        shutdown.clone(),
+    ));
     let workers = WorkerServiceServer::new(session::WorkerGrpc {
         ctx: Arc::clone(&ctx),
+        auth: Authenticator::new(worker_verifier).requiring(scope::WORKER),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -20,6 +20,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use jobmesh_runtime::grpc::traced_in;
+
 use crate::Context;
 use crate::registry::SessionId;
 
@@ -41,6 +43,8 @@ const MAX_TEXT: usize = 4096;
 
 pub(crate) struct WorkerGrpc {
     pub(crate) ctx: Arc<Context>,
+    /// Workers present a token with the `worker` scope.
+    pub(crate) auth: jobmesh_runtime::auth::Authenticator,
 }
 
 type ConnectStream = Pin<Box<dyn Stream<Item = Result<ConnectResponse, Status>> + Send>>;
@@ -83,6 +87,7 @@ impl WorkerService for WorkerGrpc {
         &self,
         request: Request<Streaming<ConnectRequest>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
+        self.auth.authenticate(request.metadata())?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -270,7 +275,8 @@ async fn handle(
                 percent: p.percent,
                 message: truncate(p.message),
             };
-            let result = ctx.job_store().report_progress(request).await.map(|_| ());
+            let traced = traced_in(&ctx.trace_of(&p.job_id, p.attempt), request);
+            let result = ctx.job_store().report_progress(traced).await.map(|_| ());
             (p.job_id, p.attempt, Report::Progress(result))
         }
         M::Succeeded(s) => {
@@ -281,7 +287,8 @@ async fn handle(
                 }),
                 result: s.result,
             };
-            let result = ctx.job_store().complete_job(request).await.map(|_| ());
+            let traced = traced_in(&ctx.trace_of(&s.job_id, s.attempt), request);
+            let result = ctx.job_store().complete_job(traced).await.map(|_| ());
             (s.job_id, s.attempt, Report::Outcome(result))
         }
         M::Failed(f) => {
@@ -293,7 +300,8 @@ async fn handle(
                 message: truncate(f.message),
                 retryable: f.retryable,
             };
-            let result = ctx.job_store().fail_job(request).await.map(|_| ());
+            let traced = traced_in(&ctx.trace_of(&f.job_id, f.attempt), request);
+            let result = ctx.job_store().fail_job(traced).await.map(|_| ());
             (f.job_id, f.attempt, Report::Outcome(result))
         }
         M::Cancelled(c) => {
@@ -303,11 +311,15 @@ async fn handle(
                     attempt: c.attempt,
                 }),
             };
-            let result = ctx.job_store().confirm_cancel(request).await.map(|_| ());
+            let traced = traced_in(&ctx.trace_of(&c.job_id, c.attempt), request);
+            let result = ctx.job_store().confirm_cancel(traced).await.map(|_| ());
             (c.job_id, c.attempt, Report::Outcome(result))
         }
     };
     let attempt_key = key(&job_id, attempt);
+    if matches!(outcome, Report::Outcome(_)) {
+        ctx.forget_trace(&job_id, attempt);
+    }
     match outcome {
         Report::Progress(Ok(())) => {}
         Report::Outcome(Ok(())) => ctx.registry.release(session, &attempt_key),
@@ -363,7 +375,9 @@ pub(crate) async fn fail_attempt(ctx: &Context, attempt: &JobAttempt, message: &
         message: message.to_owned(),
         retryable: true,
     };
-    if let Err(status) = ctx.job_store().fail_job(request).await {
+    let traced = traced_in(&ctx.trace_of(&attempt.job_id, attempt.attempt), request);
+    ctx.forget_trace(&attempt.job_id, attempt.attempt);
+    if let Err(status) = ctx.job_store().fail_job(traced).await {
         tracing::debug!(job_id = %attempt.job_id, attempt = attempt.attempt, %status, "attempt not failed; its lease will expire");
     }
 }

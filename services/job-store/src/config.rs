@@ -32,6 +32,9 @@ pub struct Config {
     /// delayed retries and rows left by a crashed replica (milliseconds).
     #[arg(long, env = "JOBMESH_OUTBOX_POLL_MS", default_value_t = 500)]
     pub outbox_poll_ms: u64,
+    /// Where Prometheus metrics are served.
+    #[command(flatten)]
+    pub metrics: jobmesh_runtime::metrics::MetricsConfig,
 }
 
 impl Config {
@@ -44,6 +47,7 @@ impl Config {
             sweep_interval_ms: 1000,
             cancel_grace_ms: 30_000,
             outbox_poll_ms: 500,
+            metrics: jobmesh_runtime::metrics::MetricsConfig::default(),
         }
     }
 

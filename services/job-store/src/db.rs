@@ -10,6 +10,7 @@ use tokio_postgres::NoTls;
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/0001_jobs.sql")),
     (2, include_str!("../migrations/0002_attempt_start.sql")),
+    (3, include_str!("../migrations/0003_traceparent.sql")),
 ];
 
 /// Arbitrary constant identifying jobmesh's migration lock among advisory locks.

@@ -41,12 +41,40 @@ fn job_id(field: &'static str, value: &str) -> Result<Uuid, Error> {
     })
 }
 
+/// Largest result a job may store (encoded).
+const MAX_RESULT_BYTES: usize = 1024 * 1024;
+
+/// Most bytes of jobs in one ListJobs answer (under the 4 MiB message limit).
+const PAGE_BYTES: usize = 3 * 1024 * 1024;
+
+/// A worker's text with NUL characters (which PostgreSQL text and JSON cannot
+/// hold) replaced by U+FFFD, so that an outcome is recorded rather than refused.
+fn without_nul(text: &str) -> String {
+    text.replace('\0', "\u{fffd}")
+}
+
+fn json_without_nul(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains('\0') => Value::String(without_nul(&s)),
+        Value::Array(items) => Value::Array(items.into_iter().map(json_without_nul).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (without_nul(&k), json_without_nul(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
 fn attempt(value: Option<JobAttempt>) -> Result<(Uuid, i32), Error> {
     let value = value.ok_or(Error::InvalidArgument {
         field: "attempt",
         reason: "missing".to_owned(),
     })?;
-    Ok((job_id("attempt.job_id", &value.job_id)?, value.attempt))
+    let id = job_id("attempt.job_id", &value.job_id)?;
+    jobmesh_runtime::trace::record_job(&value.job_id, None, Some(value.attempt));
+    Ok((id, value.attempt))
 }
 
 fn duration(value: Option<prost_types::Duration>) -> Option<Duration> {
@@ -92,8 +120,10 @@ impl JobStoreService for JobStoreGrpc {
             timeout: duration(r.timeout),
             schedule_time: r.schedule_time.and_then(|t| SystemTime::try_from(t).ok()),
             retry: retry_policy(r.retry_policy),
+            traceparent: jobmesh_runtime::trace::to_traceparent(&jobmesh_runtime::trace::current()),
         };
         let (stored, created) = self.creator.create(new).await?;
+        jobmesh_runtime::trace::record_job(&stored.id.to_string(), Some(&stored.task), None);
         Ok(Response::new(pb::CreateJobResponse {
             job: job(&stored),
             created,
@@ -137,16 +167,31 @@ impl JobStoreService for JobStoreGrpc {
             .store
             .list(&r.tenant, &filter, before, page_size + 1)
             .await?;
-        let next_page_token = if jobs.len() as i64 > page_size {
-            jobs.truncate(page_size as usize);
-            jobs.last()
+        let more = jobs.len() as i64 > page_size;
+        jobs.truncate(page_size as usize);
+        // A page also ends before the answer would pass the message limit (jobs
+        // carry args and results): the rest comes on the next page.
+        let mut out = Vec::with_capacity(jobs.len());
+        let mut bytes = 0usize;
+        for job in &jobs {
+            let proto = v1::Job::from(job);
+            let size = prost::Message::encoded_len(&proto) + 8;
+            if !out.is_empty() && bytes + size > PAGE_BYTES {
+                break;
+            }
+            bytes += size;
+            out.push(proto);
+        }
+        let cut = out.len() < jobs.len();
+        let next_page_token = if more || cut {
+            jobs.get(out.len().saturating_sub(1))
                 .map(|last| crate::page::encode(last.id, fingerprint))
                 .unwrap_or_default()
         } else {
             String::new()
         };
         Ok(Response::new(pb::ListJobsResponse {
-            jobs: jobs.iter().map(v1::Job::from).collect(),
+            jobs: out,
             next_page_token,
         }))
     }
@@ -252,7 +297,7 @@ impl JobStoreService for JobStoreGrpc {
         }
         let updated = self
             .store
-            .progress(id, number, r.percent, &r.message)
+            .progress(id, number, r.percent, &without_nul(&r.message))
             .await?;
         Ok(Response::new(pb::ReportProgressResponse {
             cancel_requested: updated.cancel_requested,
@@ -265,8 +310,19 @@ impl JobStoreService for JobStoreGrpc {
     ) -> Result<Response<pb::CompleteJobResponse>, Status> {
         let r = request.into_inner();
         let (id, number) = attempt(r.attempt)?;
-        let result =
-            serde_json::Value::Object(r.result.as_ref().map(struct_to_json).unwrap_or_default());
+        // A result too large to be read back (jobs travel whole, with their args,
+        // under the 4 MiB message limit) fails the job instead of being stored.
+        let size = r.result.as_ref().map_or(0, prost::Message::encoded_len);
+        if size > MAX_RESULT_BYTES {
+            let message = format!(
+                "the result is {size} bytes, over the limit of {MAX_RESULT_BYTES}; store large outputs elsewhere and return a reference"
+            );
+            let failed = self.store.fail(id, number, &message, false).await?;
+            return Ok(Response::new(pb::CompleteJobResponse { job: job(&failed) }));
+        }
+        let result = json_without_nul(serde_json::Value::Object(
+            r.result.as_ref().map(struct_to_json).unwrap_or_default(),
+        ));
         let done = self.store.complete(id, number, result).await?;
         Ok(Response::new(pb::CompleteJobResponse { job: job(&done) }))
     }
@@ -277,7 +333,10 @@ impl JobStoreService for JobStoreGrpc {
     ) -> Result<Response<pb::FailJobResponse>, Status> {
         let r = request.into_inner();
         let (id, number) = attempt(r.attempt)?;
-        let failed = self.store.fail(id, number, &r.message, r.retryable).await?;
+        let failed = self
+            .store
+            .fail(id, number, &without_nul(&r.message), r.retryable)
+            .await?;
         Ok(Response::new(pb::FailJobResponse { job: job(&failed) }))
     }
 

@@ -9,6 +9,7 @@ mod db;
 mod error;
 mod events;
 mod grpc;
+mod metrics;
 mod model;
 mod outbox;
 mod page;
@@ -34,7 +35,9 @@ pub enum RunError {
     Database(#[from] SetupError),
     #[error("nats at {url}: {message}")]
     Nats { url: String, message: String },
-    #[error("grpc server: {0}")]
+    #[error("metrics")]
+    Metrics(#[source] std::io::Error),
+    #[error("grpc server")]
     Serve(#[from] tonic::transport::Error),
 }
 
@@ -45,6 +48,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    let metrics_listener = jobmesh_runtime::metrics::bind(&config.metrics)
+        .await
+        .map_err(RunError::Metrics)?;
     let pool = db::connect(&config.database_url, config.database_pool_size).await?;
     let nats_error = |message: String| RunError::Nats {
         url: config.nats.url.clone(),
@@ -67,7 +73,7 @@ pub async fn run(
     let background = shutdown.child_token();
     tasks.spawn(
         outbox::Relay {
-            pool,
+            pool: pool.clone(),
             jetstream,
             nats: config.nats.clone(),
             wakeup,
@@ -81,12 +87,35 @@ pub async fn run(
         config.cancel_grace(),
         background.clone(),
     ));
-    tasks.close();
-
+    tasks.spawn(metrics::sample(pool.clone(), background.clone()));
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<JobStoreServiceServer<grpc::JobStoreGrpc>>()
         .await;
+    // SERVING while PostgreSQL answers. NATS is reported but not required: jobs
+    // are accepted into the outbox while it is away.
+    let probe_pool = pool.clone();
+    tasks.spawn(jobmesh_runtime::health::follow(
+        health.clone(),
+        vec![jobmesh_proto::service_names::JOB_STORE_SERVICE.to_owned()],
+        vec![
+            jobmesh_runtime::health::Dependency::new("postgres", move || {
+                let pool = probe_pool.clone();
+                Box::pin(async move {
+                    match pool.get().await {
+                        Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
+                        Err(_) => false,
+                    }
+                })
+            }),
+            jobmesh_runtime::health::nats(client.clone()).optional(),
+        ],
+        shutdown.clone(),
+    ));
+    if let Some(listener) = metrics_listener {
+        tasks.spawn(jobmesh_runtime::metrics::serve(listener, shutdown.clone()));
+    }
+    tasks.close();
     let creator = batch::Creator::start(store.clone(), background.clone());
     let service = JobStoreServiceServer::new(grpc::JobStoreGrpc {
         creator,

@@ -112,6 +112,8 @@ pub(crate) struct NewJob {
     pub(crate) timeout: Option<Duration>,
     pub(crate) schedule_time: Option<SystemTime>,
     pub(crate) retry: RetryPolicy,
+    /// Trace context of the creating call (`traceparent`), if traced.
+    pub(crate) traceparent: Option<String>,
 }
 
 /// The failure recorded on a job.

@@ -14,6 +14,7 @@ use jobmesh_runtime::NatsConfig;
 use prost::Message as _;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 /// Rows claimed per pass; bounds memory and the time a claim is held.
@@ -71,8 +72,10 @@ impl Relay {
         let rows = tx
             .query(
                 &tx.prepare_cached(
-                    "SELECT id, job_id, attempt, task FROM outbox
-                 WHERE available_at <= now() ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                    "SELECT o.id, o.job_id, o.attempt, o.task, j.traceparent
+                 FROM outbox o LEFT JOIN jobs j ON j.id = o.job_id
+                 WHERE o.available_at <= now() ORDER BY o.id LIMIT $1
+                 FOR UPDATE OF o SKIP LOCKED",
                 )
                 .await
                 .map_err(|e| e.to_string())?,
@@ -91,6 +94,7 @@ impl Relay {
         for row in &rows {
             let (outbox_id, job_id, attempt, task): (i64, Uuid, i32, String) =
                 (row.get(0), row.get(1), row.get(2), row.get(3));
+            let traceparent: Option<String> = row.get(4);
             let payload = QueuedAttempt {
                 attempt: Some(JobAttempt {
                     job_id: job_id.to_string(),
@@ -99,13 +103,44 @@ impl Relay {
                 task: task.clone(),
             }
             .encode_to_vec();
+            // The publish joins the job's trace; its context travels in the
+            // message headers to the dispatcher that delivers the attempt.
+            let subject = self.nats.job_subject(&task);
+            // Only a traced job's attempts are traced (no trace starts here).
+            let span = if traceparent.is_none() {
+                tracing::Span::none()
+            } else {
+                tracing::info_span!(
+                    "jetstream.publish",
+                    otel.name = %format!("{subject} publish"),
+                    otel.kind = "producer",
+                    messaging.system = "nats",
+                    messaging.operation = "publish",
+                    messaging.destination.name = %subject,
+                    jobmesh.job_id = %job_id,
+                    jobmesh.task = %task,
+                    jobmesh.attempt = attempt,
+                    trace_id = tracing::field::Empty,
+                    span_id = tracing::field::Empty,
+                )
+            };
+            let mut headers = async_nats::HeaderMap::new();
+            if let Some(parent) = &traceparent {
+                jobmesh_runtime::trace::adopt(
+                    &span,
+                    jobmesh_runtime::trace::from_traceparent(parent),
+                );
+                jobmesh_runtime::trace::to_nats(&span_context(&span), &mut headers);
+            }
             let publish = jetstream::message::PublishMessage::build()
                 .payload(payload.into())
+                .headers(headers)
                 .message_id(format!("{job_id}:{attempt}"));
             let sent = tokio::time::timeout_at(
                 deadline,
                 self.jetstream
-                    .send_publish(self.nats.job_subject(&task), publish),
+                    .send_publish(subject, publish)
+                    .instrument(span),
             )
             .await;
             match sent {
@@ -139,4 +174,10 @@ impl Relay {
         tx.commit().await.map_err(|e| e.to_string())?;
         Ok(published.len())
     }
+}
+
+/// The OpenTelemetry context of `span`.
+fn span_context(span: &tracing::Span) -> opentelemetry::Context {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    span.context()
 }

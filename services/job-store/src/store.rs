@@ -87,6 +87,7 @@ impl Store {
             Vec::with_capacity(n),
             Vec::with_capacity(n),
         );
+        let mut traceparents: Vec<Option<String>> = Vec::with_capacity(n);
         for new in &batch {
             tenants.push(new.tenant.clone());
             tasks.push(new.task.clone());
@@ -106,22 +107,24 @@ impl Store {
             max.push(ms(new.retry.max_backoff));
             multiplier.push(new.retry.multiplier);
             jitter.push(new.retry.jitter);
+            traceparents.push(new.traceparent.clone());
         }
         let sql = format!(
             "WITH input AS (
                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::integer[],
                     $6::jsonb[], $7::integer[], $8::bigint[], $9::timestamptz[], $10::text[],
-                    $11::bigint[], $12::bigint[], $13::double precision[], $14::double precision[])
+                    $11::bigint[], $12::bigint[], $13::double precision[], $14::double precision[],
+                    $15::text[])
                 AS t(id, tenant, task, args, max_attempts, labels, priority, timeout_ms,
                     schedule_time, idempotency_key, retry_initial_ms, retry_max_ms,
-                    retry_multiplier, retry_jitter)),
+                    retry_multiplier, retry_jitter, traceparent)),
             j AS (
                 INSERT INTO jobs (id, tenant, task, args, state, max_attempts, labels, priority,
                     timeout_ms, schedule_time, idempotency_key, retry_initial_ms, retry_max_ms,
-                    retry_multiplier, retry_jitter)
+                    retry_multiplier, retry_jitter, traceparent)
                 SELECT id, tenant, task, args, 'queued', max_attempts, labels, priority,
                     timeout_ms, schedule_time, idempotency_key, retry_initial_ms, retry_max_ms,
-                    retry_multiplier, retry_jitter
+                    retry_multiplier, retry_jitter, traceparent
                 FROM input ORDER BY id
                 ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                 RETURNING {JOB_COLUMNS}),
@@ -148,6 +151,7 @@ impl Store {
                     &max,
                     &multiplier,
                     &jitter,
+                    &traceparents,
                 ],
             )
             .await?;
@@ -163,6 +167,7 @@ impl Store {
         for (id, new) in ids.iter().zip(batch) {
             if let Some(job) = created.remove(id) {
                 tracing::debug!(job_id = %job.id, tenant = %job.tenant, task = %job.task, "job created");
+                crate::metrics::submitted(&job);
                 out.push((job, true));
                 continue;
             }
@@ -287,6 +292,7 @@ impl Store {
         if job.state == State::Running {
             self.events.publish_cancel(job.id, job.attempt).await;
         }
+        crate::metrics::transitioned(&job);
         self.events.publish(&job).await;
         Ok(job)
     }
@@ -318,6 +324,8 @@ impl Store {
         match one(&rows)? {
             Some(job) => {
                 tracing::debug!(job_id = %id, attempt, worker_id, "job leased");
+                crate::metrics::leased(&job);
+                crate::metrics::transitioned(&job);
                 self.events.publish(&job).await;
                 Ok(job)
             }
@@ -387,6 +395,7 @@ impl Store {
             .await?;
         match one(&rows)? {
             Some(job) => {
+                crate::metrics::transitioned(&job);
                 self.events.publish(&job).await;
                 Ok(job)
             }
@@ -418,6 +427,7 @@ impl Store {
         match one(&rows)? {
             Some(job) => {
                 tracing::debug!(job_id = %id, attempt, "job succeeded");
+                crate::metrics::transitioned(&job);
                 self.events.publish(&job).await;
                 Ok(job)
             }
@@ -497,6 +507,7 @@ impl Store {
         if job.state == State::Queued {
             self.outbox_wakeup.notify_one();
         }
+        crate::metrics::transitioned(&job);
         self.events.publish(&job).await;
         Ok(job)
     }
@@ -519,6 +530,7 @@ impl Store {
         drop(client);
         match one(&rows)? {
             Some(job) => {
+                crate::metrics::transitioned(&job);
                 self.events.publish(&job).await;
                 Ok(job)
             }
@@ -595,6 +607,7 @@ impl Store {
             .await?;
         for row in &rows {
             let job = Job::try_from(row)?;
+            crate::metrics::transitioned(&job);
             self.events.publish(&job).await;
         }
         Ok(rows.len())
@@ -617,6 +630,11 @@ impl Store {
 }
 
 fn fence_error(job: &Job, attempt: i32, expected: State) -> Error {
+    crate::metrics::stale(if expected == State::Queued {
+        "lease"
+    } else {
+        "report"
+    });
     if job.state.is_terminal() && job.attempt == attempt && expected == State::Running {
         Error::AlreadyFinished {
             job_id: job.id,

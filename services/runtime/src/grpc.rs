@@ -6,7 +6,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::{Endpoint, Server};
+
+pub use crate::metrics::MeteredChannel as Channel;
 
 /// Largest gRPC message any jobmesh service accepts or sends (4 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -14,23 +16,36 @@ pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Default deadline of an internal call when the caller gives none.
 pub const INTERNAL_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A server with the settings every service uses: HTTP/2 keepalive so that dead
-/// peers (a worker whose machine vanished) are noticed, and a bound on concurrent
-/// streams per connection.
-pub fn server() -> Server<
-    tower::layer::util::Stack<
-        tower::util::MapResponseLayer<DecodeFix>,
-        tower::layer::util::Identity,
-    >,
-> {
+/// A server builder with the settings every service uses and no layers: HTTP/2
+/// keepalive so that dead peers (a worker whose machine vanished) are noticed, and
+/// a bound on concurrent streams per connection. Services use [`server`]; the
+/// gateway puts its REST shim in front of [`standard_layers`].
+pub fn builder() -> Server {
     Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .tcp_nodelay(true)
         .max_concurrent_streams(Some(1024))
-        .layer(tower::util::MapResponseLayer::new(
-            decode_errors_are_invalid_argument as DecodeFix,
-        ))
+}
+
+/// The layers of every gRPC server, outermost first: metrics (so they record the
+/// code the client finally sees), then decode errors as `INVALID_ARGUMENT`.
+pub type StandardLayers = tower::layer::util::Stack<
+    tower::util::MapResponseLayer<DecodeFix>,
+    crate::metrics::GrpcMetricsLayer,
+>;
+
+/// See [`StandardLayers`].
+pub fn standard_layers() -> StandardLayers {
+    tower::layer::util::Stack::new(
+        tower::util::MapResponseLayer::new(decode_errors_are_invalid_argument as DecodeFix),
+        crate::metrics::GrpcMetricsLayer,
+    )
+}
+
+/// [`builder`] with [`standard_layers`].
+pub fn server() -> Server<tower::layer::util::Stack<StandardLayers, tower::layer::util::Identity>> {
+    builder().layer(standard_layers())
 }
 
 /// The response mapper installed by [`server`].
@@ -47,7 +62,7 @@ pub fn channel(url: &str) -> Result<Channel, tonic::transport::Error> {
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
-    Ok(endpoint.connect_lazy())
+    Ok(Channel::new(endpoint.connect_lazy()))
 }
 
 /// A channel without a per-call timeout, for long-lived streams (watch, worker
@@ -59,7 +74,7 @@ pub fn streaming_channel(url: &str) -> Result<Channel, tonic::transport::Error> 
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
-    Ok(endpoint.connect_lazy())
+    Ok(Channel::new(endpoint.connect_lazy()))
 }
 
 /// Accepts `host:port` as well as `http://host:port`.
@@ -108,12 +123,25 @@ pub fn deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
     Some(duration.min(MAX_FORWARDED_DEADLINE))
 }
 
-/// A request for an internal call carrying the caller's deadline.
+/// A request for an internal call carrying the caller's deadline and the current
+/// span's trace context.
 pub fn forward<T>(incoming: &tonic::metadata::MetadataMap, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
+    let mut request = traced(message);
     if let Some(deadline) = deadline(incoming) {
         request.set_timeout(deadline);
     }
+    request
+}
+
+/// A request for an internal call carrying the current span's trace context.
+pub fn traced<T>(message: T) -> tonic::Request<T> {
+    traced_in(&crate::trace::current(), message)
+}
+
+/// A request for an internal call carrying `context`.
+pub fn traced_in<T>(context: &opentelemetry::Context, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    crate::trace::to_metadata(context, request.metadata_mut());
     request
 }
 
@@ -134,4 +162,24 @@ pub fn decode_errors_are_invalid_argument(
         headers.insert("grpc-status", http::HeaderValue::from_static("3"));
     }
     response
+}
+
+/// An HTTP request as tonic's server hands it to a layer.
+pub type HttpRequest = http::Request<tonic::body::Body>;
+/// An HTTP response as a layer hands it back to tonic's server.
+pub type HttpResponse = http::Response<tonic::body::Body>;
+
+/// Whether a request is gRPC (its content type is `application/grpc*`).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// The inner service a layer calls: the one `poll_ready` made ready, leaving a
+/// fresh clone in its place (tower's contract for cloned services).
+pub fn take_ready<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
 }

@@ -2,10 +2,14 @@
 //! gRPC server and client settings. Services depend on this crate, never on each
 //! other.
 
+pub mod auth;
 pub mod grpc;
+pub mod health;
+pub mod metrics;
 pub mod names;
 pub mod nats;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;
 
 pub use nats::NatsConfig;

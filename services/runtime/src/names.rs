@@ -4,6 +4,9 @@
 /// Longest task name.
 pub const MAX_TASK_NAME: usize = 128;
 
+/// [`is_task_name`] as a regular expression (length aside), for API documents.
+pub const TASK_NAME_PATTERN: &str = r"^[A-Za-z][A-Za-z0-9_-]*(\.[A-Za-z][A-Za-z0-9_-]*)*$";
+
 /// Whether `name` is a task name: dot-separated segments of ASCII letters, digits,
 /// `_` and `-`, each starting with a letter, at most 128 characters. Such names
 /// are also valid NATS subject tokens.

@@ -1,26 +1,213 @@
-//! Logging set-up. Human-readable lines by default, JSON with `JOBMESH_LOG_FORMAT=json`;
-//! the level comes from `RUST_LOG` (default `info`).
+//! Logs and traces. Logs are human-readable lines by default, JSON with
+//! `JOBMESH_LOG_FORMAT=json` (with `trace_id` and `span_id` on every line written
+//! inside a traced span, whether or not traces are exported); the level comes
+//! from `RUST_LOG` (default `info`).
+//!
+//! Traces go to an OTLP collector over gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, configured by the standard
+//! variables (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`,
+//! `OTEL_TRACES_SAMPLER_ARG`, `OTEL_BSP_*`); nothing is exported otherwise, or with
+//! `OTEL_TRACES_EXPORTER=none`. Spans are exported in batches from a bounded
+//! queue by a background thread: a collector that is down costs dropped spans,
+//! never a stalled or slowed service.
 
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
-/// Installs the global tracing subscriber for a service or command. Safe to call
-/// more than once (later calls are ignored), which tests rely on.
-pub fn init(service: &str) {
+/// Flushes and stops the trace exporter when dropped (keep it alive in `main`).
+#[must_use = "traces are flushed when the guard is dropped"]
+pub struct Guard(Option<SdkTracerProvider>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.0.take()
+            && let Err(error) = provider.shutdown()
+        {
+            tracing::debug!(%error, "trace exporter shutdown");
+        }
+    }
+}
+
+/// Whether the environment asks for trace export.
+pub fn traces_configured() -> bool {
+    let exporter_off = std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|e| e == "none");
+    let endpoint = [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .iter()
+    .any(|k| std::env::var(k).is_ok_and(|v| !v.is_empty()));
+    endpoint && !exporter_off
+}
+
+/// The tracer provider for `service`: exporting when export is configured, and
+/// without an exporter when only JSON logs want trace ids (spans get ids and
+/// context still propagates, nothing leaves the process).
+fn provider(service: &str, json_logs: bool) -> Result<Option<SdkTracerProvider>, String> {
+    let export = traces_configured();
+    if !export && !json_logs {
+        return Ok(None);
+    }
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if std::env::var("OTEL_SERVICE_NAME").is_err() {
+        resource = resource.with_service_name(service.to_owned());
+    }
+    let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
+    if export {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+            .map_err(|e| e.to_string())?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    Ok(Some(builder.build()))
+}
+
+/// Installs the global subscriber (logs, and traces when configured) and the W3C
+/// trace-context propagator. Later calls only return an empty guard, which tests
+/// rely on.
+pub fn init(service: &str) -> Guard {
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("JOBMESH_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
-    let result = if json {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .json()
-            .with_current_span(true)
-            .try_init()
-    } else {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_target(false)
-            .try_init()
+    let (provider, failure) = match provider(service, json) {
+        Ok(provider) => (provider, None),
+        Err(error) => (None, Some(error)),
     };
-    if result.is_ok() {
-        tracing::debug!(service, "logging initialised");
+    let otel = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("jobmesh")));
+    let logs = if json {
+        tracing_subscriber::fmt::layer()
+            .event_format(TraceIds(
+                tracing_subscriber::fmt::format()
+                    .json()
+                    .with_current_span(false)
+                    .with_span_list(true),
+            ))
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer().with_target(false).boxed()
+    };
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(otel)
+        .with(logs)
+        .try_init();
+    if installed.is_err() {
+        // Someone (a test) installed a subscriber first: keep theirs.
+        if let Some(provider) = provider {
+            let _ = provider.shutdown();
+        }
+        return Guard(None);
+    }
+    if let Some(provider) = &provider {
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        if traces_configured() {
+            tracing::info!(service, "exporting traces over OTLP");
+        }
+    }
+    if let Some(error) = failure {
+        tracing::warn!(%error, "traces not exported: cannot build the OTLP exporter");
+    }
+    Guard(provider)
+}
+
+/// The JSON event format with the innermost span's `trace_id` and `span_id`
+/// lifted to the top level of the line.
+struct TraceIds<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for TraceIds<F>
+where
+    F: FormatEvent<S, N>,
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        let Ok(serde_json::Value::Object(mut object)) = serde_json::from_str(line.trim_end())
+        else {
+            return writer.write_str(&line);
+        };
+        let ids = object
+            .get("spans")
+            .and_then(|s| s.as_array())
+            .and_then(|spans| {
+                spans.iter().rev().find_map(|span| {
+                    Some((span.get("trace_id")?.clone(), span.get("span_id")?.clone()))
+                })
+            });
+        if let Some((trace_id, span_id)) = ids {
+            object.insert("trace_id".to_owned(), trace_id);
+            object.insert("span_id".to_owned(), span_id);
+        }
+        let mut out = serde_json::to_string(&object).map_err(|_| std::fmt::Error)?;
+        out.push('\n');
+        writer.write_str(&out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_ids_are_lifted_from_the_innermost_traced_span() {
+        let inner = TraceIds(
+            tracing_subscriber::fmt::format()
+                .json()
+                .with_span_list(true),
+        );
+        let captured = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+        let sink = std::sync::Arc::clone(&captured);
+        let subscriber = tracing_subscriber::fmt()
+            .event_format(inner)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .with_writer(move || Sink(std::sync::Arc::clone(&sink)))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(
+                "call",
+                trace_id = "4bf92f3577b34da6a3ce929d0e0e4736",
+                span_id = "00f067aa0ba902b7"
+            );
+            let _entered = span.enter();
+            tracing::info!(job_id = "j1", "leased");
+        });
+        let text = String::from_utf8(captured.lock().map(|b| b.clone()).unwrap_or_default())
+            .unwrap_or_default();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).expect("json");
+        assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(line["span_id"], "00f067aa0ba902b7");
+        assert_eq!(line["fields"]["job_id"], "j1");
+    }
+
+    struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut bytes) = self.0.lock() {
+                bytes.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 }

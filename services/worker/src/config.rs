@@ -30,6 +30,13 @@ pub struct Config {
     /// dispatcher), for container and Kubernetes probes; none by default.
     #[arg(long, env = "JOBMESH_HEALTH_LISTEN")]
     pub health_listen: Option<String>,
+    /// Bearer token (a JWT with the `worker` scope) presented to the dispatcher.
+    #[arg(long, env = "JOBMESH_WORKER_TOKEN", hide_env_values = true)]
+    pub token: Option<jobmesh_runtime::auth::Secret>,
+    /// File holding the bearer token instead (re-read at every connection, so a
+    /// rotated token is picked up on reconnect).
+    #[arg(long, env = "JOBMESH_WORKER_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<std::path::PathBuf>,
     /// Run a command per job of a task: `TASK=COMMAND` (repeatable; in the
     /// environment, separated by `;`). The command runs as `sh -c COMMAND` with the
     /// job's args as JSON on stdin; JSON lines on stdout report progress
@@ -42,6 +49,9 @@ pub struct Config {
         value_name = "TASK=COMMAND"
     )]
     pub exec: Vec<String>,
+    /// Where Prometheus metrics are served.
+    #[command(flatten)]
+    pub metrics: jobmesh_runtime::metrics::MetricsConfig,
 }
 
 impl Config {
@@ -54,6 +64,9 @@ impl Config {
             tasks: Vec::new(),
             shutdown_grace_ms: 30_000,
             health_listen: None,
+            token: None,
+            token_file: None,
+            metrics: jobmesh_runtime::metrics::MetricsConfig::default(),
             exec: Vec::new(),
         }
     }

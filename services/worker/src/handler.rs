@@ -58,11 +58,23 @@ impl JobContext {
     /// queue is full, which slows a handler that reports faster than the mesh
     /// can carry.
     pub async fn progress(&self, percent: i32, message: impl Into<String>) {
+        let message = message.into();
+        let percent = percent.clamp(0, 100);
+        {
+            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+            tracing::Span::current().add_event(
+                "progress",
+                vec![
+                    opentelemetry::KeyValue::new("jobmesh.progress.percent", i64::from(percent)),
+                    opentelemetry::KeyValue::new("jobmesh.progress.message", message.clone()),
+                ],
+            );
+        }
         let report = connect_request::Message::Progress(JobProgress {
             job_id: self.job_id.clone(),
             attempt: self.attempt,
-            percent: percent.clamp(0, 100),
-            message: message.into(),
+            percent,
+            message,
         });
         let _ = self
             .out

@@ -11,6 +11,7 @@ mod handler;
 
 use std::collections::HashMap;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use jobmesh_proto::json::{json_to_struct, struct_to_json};
 use jobmesh_proto::v1::worker_service_client::WorkerServiceClient;
@@ -79,6 +80,12 @@ pub async fn run_with(
         return Err(RunError::Config("slots must be at least 1".to_owned()));
     }
     let worker_id = config.worker_id();
+    if let Some(listener) = jobmesh_runtime::metrics::bind(&config.metrics)
+        .await
+        .map_err(|e| RunError::Config(e.to_string()))?
+    {
+        tokio::spawn(jobmesh_runtime::metrics::serve(listener, shutdown.clone()));
+    }
     let health = match &config.health_listen {
         Some(address) => Some(serve_health(address, shutdown.clone()).await?),
         None => None,
@@ -131,7 +138,19 @@ async fn session(
     let fail = |welcomed, message: String| Failure { welcomed, message };
     let channel = jobmesh_runtime::grpc::streaming_channel(&config.dispatcher_url)
         .map_err(|e| fail(false, e.to_string()))?;
-    let mut client = WorkerServiceClient::new(channel);
+    let token = match (&config.token, &config.token_file) {
+        (Some(token), _) => Some(token.expose().to_owned()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| fail(false, format!("worker token file {}: {e}", path.display())))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    let token = token.as_deref();
+    let mut client =
+        WorkerServiceClient::with_interceptor(channel, jobmesh_runtime::auth::Bearer::new(token));
     let (out, out_rx) = mpsc::channel(OUTBOUND_BUFFER);
     let hello = ConnectRequest {
         message: Some(connect_request::Message::Hello(WorkerHello {
@@ -193,8 +212,33 @@ async fn session(
                         let handler = handlers.by_task.get(&assignment.task).cloned();
                         let out = out.clone();
                         let done = done_tx.clone();
+                        // The execution joins the job's trace (its context came
+                        // with the assignment); progress reports become its events.
+                        // Only a traced job's executions are traced.
+                        let span = if assignment.traceparent.is_empty() {
+                            tracing::Span::none()
+                        } else {
+                            tracing::info_span!(
+                            "job.execute",
+                            otel.name = %format!("{} execute", assignment.task),
+                            otel.kind = "consumer",
+                            otel.status_code = tracing::field::Empty,
+                            jobmesh.job_id = %assignment.job_id,
+                            jobmesh.task = %assignment.task,
+                            jobmesh.attempt = assignment.attempt,
+                            jobmesh.worker_id = %worker_id,
+                            trace_id = tracing::field::Empty,
+                            span_id = tracing::field::Empty,
+                        )
+                        };
+                        if !assignment.traceparent.is_empty() {
+                            jobmesh_runtime::trace::adopt(
+                                &span,
+                                jobmesh_runtime::trace::from_traceparent(&assignment.traceparent),
+                            );
+                        }
                         running.spawn(async move {
-                            execute(assignment, handler, token, out).await;
+                            execute(assignment, handler, token, out).instrument(span).await;
                             let _ = done.send(key);
                         });
                     }
@@ -320,7 +364,7 @@ async fn execute(
     };
     let timeout = assignment.timeout.and_then(|t| Duration::try_from(t).ok());
     tracing::debug!(job_id, attempt, task = %assignment.task, "running");
-    let mut handle = tokio::spawn(handler(ctx));
+    let mut handle = tokio::spawn(handler(ctx).instrument(tracing::Span::current()));
     let deadline = async {
         match timeout {
             Some(t) => tokio::time::sleep(t).await,
@@ -354,6 +398,22 @@ async fn execute(
             handle.abort();
         }
     }
+    let outcome = match &end {
+        End::Cancelled => "cancelled",
+        End::TimedOut => "timed_out",
+        End::Returned(Ok(Ok(_))) => "succeeded",
+        End::Returned(Ok(Err(_))) => "failed",
+        End::Returned(Err(_)) => "panicked",
+    };
+    if outcome != "succeeded" {
+        tracing::Span::current().record("otel.status_code", "ERROR");
+    }
+    metrics::counter!(
+        "jobmesh_worker_attempts_total",
+        "task" => assignment.task.clone(),
+        "outcome" => outcome
+    )
+    .increment(1);
     let message = match end {
         End::Cancelled => report(connect_request::Message::Cancelled(JobCancelled {
             job_id: job_id.clone(),

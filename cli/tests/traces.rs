@@ -1,0 +1,428 @@
+//! One job = one trace, across four processes: the mesh runs as separate
+//! `jobmesh` processes exporting over OTLP to an in-process collector (a tonic
+//! server implementing the OTLP trace service). A job that fails once and is
+//! retried must leave one trace holding the gateway's submit span (the root),
+//! job-store's spans, a JetStream publish and a dispatcher delivery per attempt,
+//! and the worker's executions (with progress events), in the right parent/child
+//! order. A `traceparent` sent by the client is honoured.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jobmesh_proto::v1;
+use jobmesh_tests::faults::{Cluster, ClusterOptions};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+
+/// A span as received, with the service that exported it.
+#[derive(Clone, Debug)]
+struct Received {
+    service: String,
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent: String,
+    attributes: HashMap<String, String>,
+    events: Vec<String>,
+}
+
+#[derive(Clone, Default)]
+struct Collector(Arc<Mutex<Vec<Received>>>);
+
+fn text(value: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+    match value.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(AnyValue::StringValue(s)) => s.clone(),
+        Some(AnyValue::IntValue(i)) => i.to_string(),
+        Some(AnyValue::BoolValue(b)) => b.to_string(),
+        Some(AnyValue::DoubleValue(d)) => d.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn attributes(list: &[KeyValue]) -> HashMap<String, String> {
+    list.iter()
+        .map(|kv| (kv.key.clone(), text(&kv.value)))
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut received = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for resource in request.into_inner().resource_spans {
+            let service = resource
+                .resource
+                .as_ref()
+                .map(|r| attributes(&r.attributes))
+                .and_then(|a| a.get("service.name").cloned())
+                .unwrap_or_default();
+            for scope in resource.scope_spans {
+                for span in scope.spans {
+                    received.push(Received {
+                        service: service.clone(),
+                        name: span.name.clone(),
+                        trace_id: hex(&span.trace_id),
+                        span_id: hex(&span.span_id),
+                        parent: hex(&span.parent_span_id),
+                        attributes: attributes(&span.attributes),
+                        events: span.events.iter().map(|e| e.name.clone()).collect(),
+                    });
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+impl Collector {
+    fn spans(&self) -> Vec<Received> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_with_a_retry_is_one_trace_across_the_four_services() -> anyhow::Result<()> {
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = format!("http://{}", listener.local_addr()?);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let serving = stop.clone();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(collector.clone()))
+            .serve_with_incoming_shutdown(
+                jobmesh_runtime::grpc::incoming(listener),
+                serving.cancelled_owned(),
+            ),
+    );
+    let cluster = Cluster::start(ClusterOptions {
+        binary: PathBuf::from(env!("CARGO_BIN_EXE_jobmesh")),
+        workers: 1,
+        slots: 2,
+        lease_ms: 3000,
+        otlp_endpoint: Some(endpoint),
+    })
+    .await?;
+    let result = async {
+        let mut jobs = cluster.jobs();
+        // Fails retryably on attempt 1, then is retried (and fails again, for good).
+        let args = serde_json::json!({"retryable": true, "message": "flaky"});
+        let job = jobs
+            .submit_job(v1::SubmitJobRequest {
+                task: "demo.fail".into(),
+                args: Some(jobmesh_proto::json::json_to_struct(
+                    args.as_object().expect("object"),
+                )),
+                max_attempts: 2,
+                retry_policy: Some(v1::RetryPolicy {
+                    initial_backoff: Some(prost_types::Duration {
+                        seconds: 0,
+                        nanos: 50_000_000,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .job
+            .expect("job");
+        // And a job with progress, submitted under the client's own trace.
+        let client_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let client_span = "00f067aa0ba902b7";
+        let mut request = tonic::Request::new(v1::SubmitJobRequest {
+            task: "demo.sleep".into(),
+            args: Some(jobmesh_proto::json::json_to_struct(
+                serde_json::json!({"seconds": 0.3, "steps": 3})
+                    .as_object()
+                    .expect("object"),
+            )),
+            ..Default::default()
+        });
+        request.metadata_mut().insert(
+            "traceparent",
+            format!("00-{client_trace}-{client_span}-01").parse()?,
+        );
+        let sleeper = jobs
+            .submit_job(request)
+            .await?
+            .into_inner()
+            .job
+            .expect("job");
+
+        // Wait for both jobs to end and their spans to be exported.
+        let until = Instant::now() + Duration::from_secs(30);
+        let is_done = |spans: &[Received], job_id: &str, executions: usize| {
+            spans
+                .iter()
+                .filter(|s| {
+                    s.service == "jobmesh-worker"
+                        && s.attributes.get("jobmesh.job_id").map(String::as_str) == Some(job_id)
+                })
+                .count()
+                >= executions
+                && spans.iter().any(|s| {
+                    s.service == "jobmesh-job-store"
+                        && s.attributes.get("rpc.method").map(String::as_str) == Some("FailJob")
+                })
+        };
+        loop {
+            let spans = collector.spans();
+            if is_done(&spans, &job.id, 2)
+                && spans
+                    .iter()
+                    .any(|s| s.trace_id == client_trace && s.service == "jobmesh-worker")
+            {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < until,
+                "spans not all exported within 30s: {:#?}",
+                spans
+                    .iter()
+                    .map(|s| format!("{} {} {}", s.service, s.name, s.trace_id))
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Only the public API starts traces: no health check, lease renewal or
+        // worker session makes a trace of its own.
+        let strays: Vec<String> = collector
+            .spans()
+            .iter()
+            .filter(|s| s.parent.is_empty() && s.service != "jobmesh-gateway")
+            .map(|s| format!("{} {}", s.service, s.name))
+            .collect();
+        anyhow::ensure!(
+            strays.is_empty(),
+            "traces started outside the public API: {strays:?}"
+        );
+        // Give the last batches (the final FailJob and CompleteJob) a moment.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let spans = collector.spans();
+
+        // The job's trace is the one its executions are in; its root is the
+        // gateway's SubmitJob span, without a parent.
+        let job_trace = spans
+            .iter()
+            .find(|s| s.attributes.get("jobmesh.job_id") == Some(&job.id))
+            .map(|s| s.trace_id.clone())
+            .expect("a span of the job");
+        let root = spans
+            .iter()
+            .find(|s| {
+                s.service == "jobmesh-gateway"
+                    && s.attributes.get("rpc.method").map(String::as_str) == Some("SubmitJob")
+                    && s.trace_id == job_trace
+            })
+            .expect("the gateway's SubmitJob span")
+            .clone();
+        assert_eq!(root.parent, "", "the submit span is the root");
+        assert_eq!(root.attributes.get("jobmesh.job_id"), Some(&job.id));
+        assert_eq!(
+            root.attributes.get("jobmesh.task").map(String::as_str),
+            Some("demo.fail")
+        );
+        assert_eq!(
+            root.attributes.get("rpc.system").map(String::as_str),
+            Some("grpc")
+        );
+        assert_eq!(
+            root.attributes.get("rpc.service").map(String::as_str),
+            Some("jobmesh.v1.JobService")
+        );
+        assert_eq!(
+            root.attributes
+                .get("rpc.grpc.status_code")
+                .map(String::as_str),
+            Some("0")
+        );
+        let trace: Vec<&Received> = spans
+            .iter()
+            .filter(|s| s.trace_id == root.trace_id)
+            .collect();
+        let services: std::collections::BTreeSet<&str> =
+            trace.iter().map(|s| s.service.as_str()).collect();
+        assert_eq!(
+            services.into_iter().collect::<Vec<_>>(),
+            vec![
+                "jobmesh-dispatcher",
+                "jobmesh-gateway",
+                "jobmesh-job-store",
+                "jobmesh-worker"
+            ],
+            "one trace across the four services"
+        );
+        let by_id: HashMap<&str, &Received> =
+            trace.iter().map(|s| (s.span_id.as_str(), *s)).collect();
+        let parent_of = |s: &Received| by_id.get(s.parent.as_str()).copied();
+        let method = |s: &Received| s.attributes.get("rpc.method").cloned().unwrap_or_default();
+
+        // job-store's CreateJob is a child of the submit.
+        let create = trace
+            .iter()
+            .find(|s| s.service == "jobmesh-job-store" && method(s) == "CreateJob")
+            .expect("CreateJob span");
+        assert_eq!(create.parent, root.span_id);
+        // One publish per attempt, each a child of CreateJob (the stored context).
+        let publishes: Vec<&&Received> = trace
+            .iter()
+            .filter(|s| {
+                s.attributes.get("messaging.operation").map(String::as_str) == Some("publish")
+            })
+            .collect();
+        assert_eq!(publishes.len(), 2, "a publish per attempt");
+        for publish in &publishes {
+            assert_eq!(publish.parent, create.span_id, "{publish:?}");
+            assert_eq!(
+                publish
+                    .attributes
+                    .get("messaging.system")
+                    .map(String::as_str),
+                Some("nats")
+            );
+        }
+        // A dispatcher delivery per attempt, a child of that attempt's publish; the
+        // lease, the worker's execution and the outcome are children of it.
+        let deliveries: Vec<&&Received> = trace
+            .iter()
+            .filter(|s| {
+                s.service == "jobmesh-dispatcher"
+                    && s.attributes.get("messaging.operation").map(String::as_str)
+                        == Some("process")
+            })
+            .collect();
+        assert_eq!(deliveries.len(), 2, "a delivery per attempt");
+        let mut attempts_seen = Vec::new();
+        for delivery in &deliveries {
+            let publish = parent_of(delivery).expect("delivery has a parent");
+            assert_eq!(
+                publish
+                    .attributes
+                    .get("messaging.operation")
+                    .map(String::as_str),
+                Some("publish")
+            );
+            let attempt = delivery
+                .attributes
+                .get("jobmesh.attempt")
+                .cloned()
+                .unwrap_or_default();
+            assert_eq!(publish.attributes.get("jobmesh.attempt"), Some(&attempt));
+            attempts_seen.push(attempt.clone());
+            let children: Vec<&&Received> = trace
+                .iter()
+                .filter(|s| s.parent == delivery.span_id)
+                .collect();
+            let lease = children
+                .iter()
+                .find(|s| method(s) == "LeaseJob")
+                .expect("LeaseJob under the delivery");
+            assert_eq!(lease.service, "jobmesh-job-store");
+            let execute = children
+                .iter()
+                .find(|s| s.service == "jobmesh-worker")
+                .expect("the worker's execution under the delivery");
+            assert_eq!(execute.attributes.get("jobmesh.job_id"), Some(&job.id));
+            assert_eq!(execute.attributes.get("jobmesh.attempt"), Some(&attempt));
+            assert_eq!(
+                execute.attributes.get("jobmesh.task").map(String::as_str),
+                Some("demo.fail")
+            );
+            let fail = children
+                .iter()
+                .find(|s| method(s) == "FailJob")
+                .expect("FailJob under the delivery");
+            assert_eq!(fail.service, "jobmesh-job-store");
+        }
+        attempts_seen.sort();
+        assert_eq!(attempts_seen, vec!["1".to_owned(), "2".to_owned()]);
+
+        // The client's traceparent is honoured: its trace holds the whole job,
+        // and the worker's execution carries progress events.
+        let theirs: Vec<&Received> = spans
+            .iter()
+            .filter(|s| s.trace_id == client_trace)
+            .collect();
+        let submit = theirs
+            .iter()
+            .find(|s| s.service == "jobmesh-gateway")
+            .expect("gateway span in the client's trace");
+        assert_eq!(submit.parent, client_span);
+        let execute = theirs
+            .iter()
+            .find(|s| s.service == "jobmesh-worker")
+            .expect("worker span in the client's trace");
+        assert_eq!(execute.attributes.get("jobmesh.job_id"), Some(&sleeper.id));
+        assert!(
+            execute.events.iter().filter(|e| *e == "progress").count() >= 3,
+            "progress reports are span events: {:?}",
+            execute.events
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    let logs = cluster.logs();
+    cluster.stop().await;
+    stop.cancel();
+    let _ = server.await;
+    result.map_err(|e| anyhow::anyhow!("{e}\n{logs}"))
+}
+
+/// A collector that is down changes nothing: with the services exporting to a
+/// port where nothing listens, a mixed workload runs to the same accounting as
+/// without tracing, and no call is slow (spans are dropped, never waited for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_changes_nothing() -> anyhow::Result<()> {
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        format!("http://{}", listener.local_addr()?)
+    };
+    let cluster = Cluster::start(ClusterOptions {
+        binary: PathBuf::from(env!("CARGO_BIN_EXE_jobmesh")),
+        workers: 1,
+        slots: 8,
+        lease_ms: 3000,
+        otlp_endpoint: Some(dead),
+    })
+    .await?;
+    let jobs = 300;
+    let result = async {
+        let submitted = jobmesh_tests::faults::submit_workload(
+            cluster.jobs(),
+            jobs,
+            16,
+            Duration::from_secs(60),
+        )
+        .await?;
+        jobmesh_tests::faults::account(&cluster, &submitted, Duration::from_secs(90)).await
+    }
+    .await;
+    let logs = cluster.logs();
+    cluster.stop().await;
+    let accounting = result.map_err(|e| anyhow::anyhow!("{e}\n{logs}"))?;
+    assert_eq!(accounting.accepted, jobs);
+    assert!(
+        accounting.slowest_call_seconds < 5.0,
+        "a call took {:.1}s with the collector down",
+        accounting.slowest_call_seconds
+    );
+    Ok(())
+}

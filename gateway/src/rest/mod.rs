@@ -1,0 +1,583 @@
+//! The REST shim, grpc-gateway compatible, served on the gRPC port: requests whose
+//! content type is not `application/grpc*` are transcoded from JSON to protobuf
+//! with the descriptors built with the code (prost-reflect), sent in-process
+//! through the same gRPC services (so authentication, validation, limits and
+//! deadlines are the gRPC ones), and the answer transcoded back to proto3
+//! canonical JSON. Errors use grpc-gateway's body and status table; server
+//! streams are newline-delimited JSON.
+
+mod codec;
+pub(crate) mod openapi;
+pub(crate) mod routes;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use futures::future::{BoxFuture, FutureExt as _};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt as _, Limited, StreamBody};
+use jobmesh_runtime::grpc::MAX_MESSAGE_BYTES;
+use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, SerializeOptions};
+use tonic::{Code, Status};
+
+use crate::limits::RETRY_AFTER;
+use routes::{Lookup, Route, Table};
+
+use jobmesh_runtime::grpc::{HttpRequest, HttpResponse};
+
+/// Content type of streamed responses: one JSON object per line.
+pub(crate) const NDJSON: &str = "application/x-ndjson";
+
+/// Path of the generated OpenAPI document.
+pub(crate) const OPENAPI_PATH: &str = "/openapi.json";
+
+/// What the shim knows, built once at start-up.
+pub(crate) struct Shim {
+    table: Table,
+    openapi: Bytes,
+}
+
+impl Shim {
+    /// Routes for `services` from the descriptor set built with the code.
+    pub(crate) fn new(services: &[&str]) -> Result<Self, routes::TableError> {
+        let pool = DescriptorPool::decode(jobmesh_proto::FILE_DESCRIPTOR_SET)?;
+        let table = Table::build(&pool, services)?;
+        let openapi = Bytes::from(openapi::document(&table));
+        Ok(Self { table, openapi })
+    }
+}
+
+/// Installs the shim in front of the gRPC routes.
+#[derive(Clone)]
+pub(crate) struct RestLayer(Arc<Shim>);
+
+impl RestLayer {
+    pub(crate) fn new(shim: Shim) -> Self {
+        Self(Arc::new(shim))
+    }
+}
+
+impl<S> tower::Layer<S> for RestLayer {
+    type Service = Rest<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Rest {
+            inner,
+            shim: Arc::clone(&self.0),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Rest<S> {
+    inner: S,
+    shim: Arc<Shim>,
+}
+
+impl<S> tower::Service<HttpRequest> for Rest<S>
+where
+    S: tower::Service<HttpRequest, Response = HttpResponse, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<HttpResponse, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        let inner = jobmesh_runtime::grpc::take_ready(&mut self.inner);
+        if jobmesh_runtime::grpc::is_grpc(request.headers()) {
+            let mut inner = inner;
+            return inner.call(request).boxed();
+        }
+        let shim = Arc::clone(&self.shim);
+        async move { Ok(handle(&shim, inner, request).await) }.boxed()
+    }
+}
+
+/// A refusal of the shim itself (before any RPC ran), with its HTTP status.
+struct Refusal {
+    http: StatusCode,
+    code: Code,
+    message: String,
+}
+
+impl Refusal {
+    fn new(http: StatusCode, code: Code, message: impl Into<String>) -> Self {
+        Self {
+            http,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, Code::InvalidArgument, message)
+    }
+}
+
+async fn handle<S>(shim: &Shim, inner: S, request: HttpRequest) -> HttpResponse
+where
+    S: tower::Service<HttpRequest, Response = HttpResponse, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    // tonic's own Grpc-Timeout timer started when the request arrived.
+    let arrived = std::time::Instant::now();
+    let path = request.uri().path().to_owned();
+    if path == OPENAPI_PATH {
+        return if request.method() == http::Method::GET {
+            let mut response = http::Response::new(tonic::body::Body::new(
+                http_body_util::Full::new(shim.openapi.clone()),
+            ));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        } else {
+            refusal(Refusal::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                Code::Unimplemented,
+                "Method Not Allowed",
+            ))
+        };
+    }
+    let (route, bound) = match shim.table.lookup(request.method(), &path) {
+        Lookup::Found(route, bound) => (route, bound),
+        Lookup::WrongMethod => {
+            return refusal(Refusal::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                Code::Unimplemented,
+                "Method Not Allowed",
+            ));
+        }
+        Lookup::NotFound => {
+            return refusal(Refusal::new(
+                StatusCode::NOT_FOUND,
+                Code::NotFound,
+                "Not Found",
+            ));
+        }
+    };
+    match transcode(route, bound, request).await {
+        Ok((message, metadata)) => call(route, inner, message, metadata, arrived).await,
+        Err(refused) => refusal(refused),
+    }
+}
+
+/// The request message and metadata of an HTTP request.
+async fn transcode(
+    route: &Route,
+    bound: Vec<(String, String)>,
+    request: HttpRequest,
+) -> Result<(DynamicMessage, tonic::metadata::MetadataMap), Refusal> {
+    let (parts, body) = request.into_parts();
+    let metadata = metadata(&parts.headers)?;
+    let too_large = || {
+        Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Code::ResourceExhausted,
+            format!("the request body is larger than {MAX_MESSAGE_BYTES} bytes"),
+        )
+    };
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_MESSAGE_BYTES as u64) {
+        return Err(too_large());
+    }
+    let body = Limited::new(body, MAX_MESSAGE_BYTES)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                too_large()
+            } else {
+                Refusal::bad_request(format!("cannot read the request body: {e}"))
+            }
+        })?
+        .to_bytes();
+
+    let input = route.rpc.input();
+    let mut message = DynamicMessage::new(input.clone());
+    if !body.is_empty() && !route.body.is_empty() {
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_ascii_lowercase()
+            });
+        if let Some(found) = content_type.filter(|t| t != "application/json") {
+            return Err(Refusal::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Code::InvalidArgument,
+                format!(
+                    "the body must be JSON: send Content-Type: application/json (got {found:?})"
+                ),
+            ));
+        }
+        let options = DeserializeOptions::new().deny_unknown_fields(true);
+        let mut json = serde_json::Deserializer::from_slice(&body);
+        let parse = |json: &mut serde_json::Deserializer<_>, desc| {
+            let message = DynamicMessage::deserialize_with_options(desc, &mut *json, &options)?;
+            json.end()?;
+            Ok::<_, serde_json::Error>(message)
+        };
+        if route.body == "*" {
+            message = parse(&mut json, input.clone())
+                .map_err(|e| Refusal::bad_request(format!("invalid JSON body: {e}")))?;
+        } else if let Some(field) = input.get_field_by_name(&route.body) {
+            let prost_reflect::Kind::Message(desc) = field.kind() else {
+                return Err(Refusal::bad_request("the body field is not a message"));
+            };
+            let value = parse(&mut json, desc)
+                .map_err(|e| Refusal::bad_request(format!("invalid JSON body: {e}")))?;
+            message.set_field(&field, prost_reflect::Value::Message(value));
+        }
+    }
+    if let Some(query) = parts.uri.query().filter(|q| !q.is_empty()) {
+        let path_fields: Vec<&str> = route.path_fields().collect();
+        for (name, value) in routes::query_pairs(query) {
+            if route.body == "*" || path_fields.contains(&name.as_str()) {
+                return Err(Refusal::bad_request(format!(
+                    "unknown query parameter {name:?}"
+                )));
+            }
+            routes::bind(&mut message, &name, &value)
+                .map_err(|e| Refusal::bad_request(e.to_string()))?;
+        }
+    }
+    for (field, value) in bound {
+        routes::bind(&mut message, &field, &value)
+            .map_err(|e| Refusal::bad_request(format!("path variable {field:?}: {e}")))?;
+    }
+    Ok((message, metadata))
+}
+
+/// gRPC metadata from HTTP headers, as grpc-gateway forwards them:
+/// `Authorization`, `Grpc-Metadata-<name>` (as `<name>`), `Grpc-Timeout`, and the
+/// W3C trace context.
+fn metadata(headers: &HeaderMap) -> Result<tonic::metadata::MetadataMap, Refusal> {
+    let mut forwarded = HeaderMap::new();
+    for (name, value) in headers {
+        let name = name.as_str();
+        let target = if let Some(stripped) = name.strip_prefix("grpc-metadata-") {
+            stripped
+        } else if matches!(
+            name,
+            "authorization" | "grpc-timeout" | "traceparent" | "tracestate"
+        ) {
+            name
+        } else {
+            continue;
+        };
+        let Ok(target) = http::HeaderName::from_bytes(target.as_bytes()) else {
+            continue;
+        };
+        forwarded.append(target, value.clone());
+    }
+    if let Some(timeout) = forwarded.get("grpc-timeout") {
+        let valid = timeout.to_str().ok().is_some_and(|t| {
+            t.len() >= 2
+                && t.len() <= 9
+                && t[..t.len() - 1].bytes().all(|b| b.is_ascii_digit())
+                && matches!(
+                    t.as_bytes()[t.len() - 1],
+                    b'H' | b'M' | b'S' | b'm' | b'u' | b'n'
+                )
+        });
+        if !valid {
+            return Err(Refusal::bad_request(
+                "Grpc-Timeout must be 1 to 8 digits and a unit (H, M, S, m, u, n), e.g. 5S or 500m",
+            ));
+        }
+    }
+    Ok(tonic::metadata::MetadataMap::from_headers(forwarded))
+}
+
+/// Calls the RPC in-process and transcodes the answer.
+async fn call<S>(
+    route: &Route,
+    inner: S,
+    message: DynamicMessage,
+    metadata: tonic::metadata::MetadataMap,
+    arrived: std::time::Instant,
+) -> HttpResponse
+where
+    S: tower::Service<HttpRequest, Response = HttpResponse, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let mut request = tonic::Request::new(Bytes::from(prost::Message::encode_to_vec(&message)));
+    *request.metadata_mut() = metadata;
+    let Ok(path) = http::uri::PathAndQuery::try_from(route.grpc_path.as_str()) else {
+        return status_response(&Status::internal("bad route path"));
+    };
+    let mut grpc = tonic::client::Grpc::new(inner)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    if grpc.ready().await.is_err() {
+        return status_response(&Status::unavailable("the gateway is not ready"));
+    }
+    let output = route.rpc.output();
+    if route.server_streaming() {
+        match grpc.server_streaming(request, path, codec::Raw).await {
+            Ok(response) => {
+                let lines = response.into_inner().map(move |item| {
+                    let line = match item {
+                        Ok(bytes) => match to_json(&output, &bytes) {
+                            Ok(json) => format!("{{\"result\":{json}}}\n"),
+                            Err(status) => format!("{{\"error\":{}}}\n", error_body(&status)),
+                        },
+                        Err(status) => format!("{{\"error\":{}}}\n", error_body(&status)),
+                    };
+                    Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(line)))
+                });
+                // The stream ends after the first error line.
+                let mut failed = false;
+                let lines = lines.take_while(move |frame| {
+                    let go = !failed;
+                    if let Ok(frame) = frame {
+                        failed = frame
+                            .data_ref()
+                            .is_some_and(|d| d.starts_with(b"{\"error\""));
+                    }
+                    futures::future::ready(go)
+                });
+                let mut response =
+                    http::Response::new(tonic::body::Body::new(StreamBody::new(lines)));
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
+                response
+            }
+            Err(status) => status_response(&status),
+        }
+    } else {
+        // tonic bounds the whole HTTP exchange by the same Grpc-Timeout and would
+        // answer in gRPC framing; finishing a little earlier keeps the answer REST.
+        // Counted from the request's arrival (reading and parsing the body took
+        // some of it), and ending a little before tonic's timer does.
+        let deadline = jobmesh_runtime::grpc::deadline(request.metadata()).map(|d| {
+            d.saturating_sub((d / 20).max(std::time::Duration::from_millis(5)))
+                .saturating_sub(arrived.elapsed())
+        });
+        let call = grpc.unary(request, path, codec::Raw);
+        let outcome = match deadline {
+            Some(limit) => tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+                Err(Status::deadline_exceeded(
+                    "the call did not finish within its Grpc-Timeout",
+                ))
+            }),
+            None => call.await,
+        };
+        // tonic reports its own grpc-timeout expiry as CANCELLED "Timeout expired".
+        let outcome = outcome.map_err(|status| {
+            if status.code() == Code::Cancelled && status.message() == "Timeout expired" {
+                Status::deadline_exceeded("the call did not finish within its Grpc-Timeout")
+            } else {
+                status
+            }
+        });
+        match outcome {
+            Ok(response) => match to_json(&output, response.get_ref()) {
+                Ok(json) => {
+                    let mut response = http::Response::new(tonic::body::Body::new(
+                        http_body_util::Full::new(Bytes::from(json)),
+                    ));
+                    response.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    response
+                }
+                Err(status) => status_response(&status),
+            },
+            Err(status) => status_response(&status),
+        }
+    }
+}
+
+/// Proto3 canonical JSON of a response message, default values included.
+fn to_json(desc: &prost_reflect::MessageDescriptor, bytes: &[u8]) -> Result<String, Status> {
+    let message = DynamicMessage::decode(desc.clone(), bytes)
+        .map_err(|e| Status::internal(format!("cannot decode the response: {e}")))?;
+    let mut out = serde_json::Serializer::new(Vec::new());
+    message
+        .serialize_with_options(
+            &mut out,
+            &SerializeOptions::new().skip_default_fields(false),
+        )
+        .map_err(|e| Status::internal(format!("cannot encode the response: {e}")))?;
+    let mut json: serde_json::Value = serde_json::from_slice(&out.into_inner())
+        .map_err(|e| Status::internal(format!("cannot encode the response: {e}")))?;
+    emit_unpopulated(desc, &mut json);
+    integral_floats(&mut json);
+    serde_json::to_string(&json)
+        .map_err(|e| Status::internal(format!("cannot encode the response: {e}")))
+}
+
+/// Doubles with no fraction as integers (`2`, not `2.0`), as protojson writes them.
+fn integral_floats(json: &mut serde_json::Value) {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    match json {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+                && f.abs() < EXACT
+            {
+                let whole = f as i64;
+                *json = serde_json::Value::from(whole);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(integral_floats),
+        serde_json::Value::Object(map) => map.values_mut().for_each(integral_floats),
+        _ => {}
+    }
+}
+
+/// Every field of the schema in the answer, in field order, unset message fields
+/// as `null`: what grpc-gateway's marshaler (protojson `EmitUnpopulated`) sends.
+fn emit_unpopulated(desc: &prost_reflect::MessageDescriptor, json: &mut serde_json::Value) {
+    if desc.full_name().starts_with("google.protobuf.") {
+        return;
+    }
+    let serde_json::Value::Object(object) = json else {
+        return;
+    };
+    let mut ordered = serde_json::Map::new();
+    for field in desc.fields() {
+        let present = object.remove(field.json_name());
+        if present.is_none() && field.containing_oneof().is_some() {
+            continue;
+        }
+        let mut value = present.unwrap_or(serde_json::Value::Null);
+        if let prost_reflect::Kind::Message(inner) = field.kind()
+            && !field.is_map()
+        {
+            match &mut value {
+                serde_json::Value::Array(items) => {
+                    items
+                        .iter_mut()
+                        .for_each(|item| emit_unpopulated(&inner, item));
+                }
+                item => emit_unpopulated(&inner, item),
+            }
+        }
+        ordered.insert(field.json_name().to_owned(), value);
+    }
+    ordered.append(object);
+    *object = ordered;
+}
+
+/// grpc-gateway's HTTP status for a gRPC code.
+pub(crate) fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            StatusCode::BAD_REQUEST
+        }
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// `{"code": <grpc code>, "message": "...", "details": []}`.
+fn error_body_of(code: Code, message: &str) -> String {
+    format!(
+        "{{\"code\":{},\"message\":{},\"details\":[]}}",
+        code as i32,
+        serde_json::Value::String(message.to_owned())
+    )
+}
+
+fn error_body(status: &Status) -> String {
+    error_body_of(status.code(), status.message())
+}
+
+fn json_error(http: StatusCode, body: String) -> HttpResponse {
+    let mut response = http::Response::new(tonic::body::Body::new(http_body_util::Full::new(
+        Bytes::from(body),
+    )));
+    *response.status_mut() = http;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn status_response(status: &Status) -> HttpResponse {
+    let mut response = json_error(http_status(status.code()), error_body(status));
+    if let Some(retry) = status.metadata().get(RETRY_AFTER)
+        && let Ok(value) = HeaderValue::from_bytes(retry.as_encoded_bytes())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+fn refusal(refused: Refusal) -> HttpResponse {
+    json_error(refused.http, error_body_of(refused.code, &refused.message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_map_to_grpc_gateway_statuses() {
+        let table = [
+            (Code::InvalidArgument, 400),
+            (Code::FailedPrecondition, 400),
+            (Code::OutOfRange, 400),
+            (Code::Unauthenticated, 401),
+            (Code::PermissionDenied, 403),
+            (Code::NotFound, 404),
+            (Code::AlreadyExists, 409),
+            (Code::Aborted, 409),
+            (Code::ResourceExhausted, 429),
+            (Code::Cancelled, 499),
+            (Code::Unknown, 500),
+            (Code::Internal, 500),
+            (Code::DataLoss, 500),
+            (Code::Unimplemented, 501),
+            (Code::Unavailable, 503),
+            (Code::DeadlineExceeded, 504),
+        ];
+        for (code, http) in table {
+            assert_eq!(http_status(code).as_u16(), http, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn error_bodies_have_grpc_gateway_shape() {
+        let body = error_body(&Status::not_found("job \"x\" not found"));
+        assert_eq!(
+            body,
+            r#"{"code":5,"message":"job \"x\" not found","details":[]}"#
+        );
+    }
+}

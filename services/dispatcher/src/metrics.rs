@@ -1,0 +1,48 @@
+//! The dispatcher's gauges, sampled: connected workers and free slots per task,
+//! and the JetStream backlog per task (what an autoscaler scales workers on).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::Context;
+
+/// How often the gauges are refreshed.
+const EVERY: Duration = Duration::from_secs(5);
+
+pub(crate) async fn sample(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut tick = tokio::time::interval(EVERY);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(tasks) = crate::grpc::snapshot(&ctx).await else {
+            continue;
+        };
+        let now: BTreeSet<String> = tasks.iter().map(|t| t.name.clone()).collect();
+        // A task that vanished (no workers, no backlog) reads zero, not its last value.
+        for gone in seen.difference(&now) {
+            for name in [
+                "jobmesh_workers_connected",
+                "jobmesh_worker_slots_free",
+                "jobmesh_jetstream_pending",
+            ] {
+                metrics::gauge!(name, "task" => gone.clone()).set(0.0);
+            }
+        }
+        for task in &tasks {
+            let label = task.name.clone();
+            metrics::gauge!("jobmesh_workers_connected", "task" => label.clone())
+                .set(f64::from(task.workers));
+            metrics::gauge!("jobmesh_worker_slots_free", "task" => label.clone())
+                .set(f64::from(task.free_slots));
+            metrics::gauge!("jobmesh_jetstream_pending", "task" => label)
+                .set(task.queue_depth as f64);
+        }
+        seen = now;
+    }
+}

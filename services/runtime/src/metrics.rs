@@ -1,0 +1,579 @@
+//! Prometheus metrics: one recorder per process (the `metrics` facade with the
+//! Prometheus exporter), served as text at `GET /metrics` on `--metrics-listen`,
+//! and the gRPC server metrics of every service in the go-grpc-prometheus style
+//! (`grpc_server_started_total`, `grpc_server_handled_total`,
+//! `grpc_server_handling_seconds`), recorded by one tower layer.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::OnceLock;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt as _};
+use http_body::Frame;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+/// Where a service serves `/metrics`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct MetricsConfig {
+    /// Address on which to serve Prometheus metrics at `/metrics` (e.g.
+    /// `0.0.0.0:9464`); none by default.
+    #[arg(long, env = "JOBMESH_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+}
+
+/// Buckets of every histogram, in seconds: 1 ms to 1 h.
+const BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 300.0,
+    3600.0,
+];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The process's recorder, installed on first use. `None` when another recorder
+/// was installed first (then nothing of ours is recorded).
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let installed = PrometheusBuilder::new()
+                .set_buckets(&BUCKETS)
+                .and_then(PrometheusBuilder::install_recorder);
+            match installed {
+                Ok(handle) => {
+                    describe();
+                    Some(handle)
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "metrics recorder not installed");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// The metrics in Prometheus text format.
+pub fn render() -> String {
+    handle().map(PrometheusHandle::render).unwrap_or_default()
+}
+
+/// Help text of every metric jobmesh records (promtool wants it).
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "grpc_server_started_total",
+        "gRPC calls started on the server"
+    );
+    describe_counter!(
+        "grpc_server_handled_total",
+        "gRPC calls completed on the server, by status code"
+    );
+    describe_histogram!(
+        "grpc_server_handling_seconds",
+        Unit::Seconds,
+        "time from a call's start to its end on the server (a stream's whole life)"
+    );
+    describe_counter!(
+        "grpc_client_started_total",
+        "gRPC calls started by this service as a client"
+    );
+    describe_counter!(
+        "grpc_client_handled_total",
+        "gRPC calls this service made that completed, by status code"
+    );
+    describe_histogram!(
+        "grpc_client_handling_seconds",
+        Unit::Seconds,
+        "time from a client call's start to its end (a stream's whole life)"
+    );
+    describe_counter!(
+        "jobmesh_jobs_submitted_total",
+        "jobs created (idempotent resubmissions not counted), by task"
+    );
+    describe_counter!(
+        "jobmesh_jobs_finished_total",
+        "jobs that reached a terminal state, by task and state"
+    );
+    describe_counter!(
+        "jobmesh_job_retries_total",
+        "attempts queued again after a retryable failure or a lost lease, by task"
+    );
+    describe_counter!(
+        "jobmesh_job_cancellations_total",
+        "jobs that ended CANCELLED, by task"
+    );
+    describe_counter!(
+        "jobmesh_stale_reports_total",
+        "reports or leases refused because their attempt is no longer current, by kind"
+    );
+    describe_histogram!(
+        "jobmesh_job_queue_wait_seconds",
+        Unit::Seconds,
+        "time from submission (or schedule time) to the start of the first attempt, by task"
+    );
+    describe_histogram!(
+        "jobmesh_job_run_seconds",
+        Unit::Seconds,
+        "time from a job's first start to its end, by task and state"
+    );
+    describe_gauge!(
+        "jobmesh_outbox_rows",
+        "committed jobs not yet published to JetStream"
+    );
+    describe_gauge!(
+        "jobmesh_outbox_lag_seconds",
+        "age of the oldest committed job not yet published to JetStream"
+    );
+    describe_gauge!(
+        "jobmesh_postgres_pool_connections",
+        "PostgreSQL connections of job-store's pool, by state (open, idle, max)"
+    );
+    describe_gauge!(
+        "jobmesh_postgres_pool_waiting",
+        "requests waiting for a PostgreSQL connection"
+    );
+    describe_gauge!(
+        "jobmesh_workers_connected",
+        "workers connected to this dispatcher that offer a task, by task"
+    );
+    describe_gauge!(
+        "jobmesh_worker_slots_free",
+        "free slots of the connected workers, by task"
+    );
+    describe_gauge!(
+        "jobmesh_jetstream_pending",
+        "messages waiting in JetStream for a task (the backlog an autoscaler scales on)"
+    );
+    describe_counter!(
+        "jobmesh_worker_attempts_total",
+        "attempts a worker ran, by task and outcome (succeeded, failed, timed_out, cancelled, panicked)"
+    );
+    describe_gauge!(
+        "jobmesh_dependency_up",
+        "whether a service reaches a dependency (1) or not (0), by dependency"
+    );
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
+    let _ = handle();
+    let upkeep = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = tick.tick() => {
+                        if let Some(handle) = handle() {
+                            handle.run_upkeep();
+                        }
+                    }
+                }
+            }
+        })
+    };
+    tracing::info!(address = ?listener.local_addr().ok(), "metrics serving at /metrics");
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "metrics listener accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(
+                |request: http::Request<hyper::body::Incoming>| async move {
+                    let response = if request.uri().path() == "/metrics" {
+                        let mut response =
+                            http::Response::new(http_body_util::Full::new(Bytes::from(render())));
+                        response.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static(
+                                "text/plain; version=0.0.4; charset=utf-8",
+                            ),
+                        );
+                        response
+                    } else {
+                        let mut response = http::Response::new(http_body_util::Full::new(
+                            Bytes::from_static(b"not found; metrics are at /metrics\n"),
+                        ));
+                        *response.status_mut() = http::StatusCode::NOT_FOUND;
+                        response
+                    };
+                    Ok::<_, Infallible>(response)
+                },
+            );
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(io, service);
+            let _ = tokio::time::timeout(Duration::from_secs(60), connection).await;
+        });
+    }
+    upkeep.abort();
+}
+
+/// Binds `config.metrics_listen`, if set (before slow start-up work, so a bad
+/// address stops the service at once).
+pub async fn bind(config: &MetricsConfig) -> std::io::Result<Option<TcpListener>> {
+    let Some(address) = &config.metrics_listen else {
+        return Ok(None);
+    };
+    TcpListener::bind(address).await.map(Some).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("metrics listen address {address}: {e}"))
+    })
+}
+
+/// Records the gRPC server metrics of every call (gRPC requests only: REST calls
+/// are recorded as the gRPC calls the shim makes for them).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GrpcMetricsLayer;
+
+impl<S> tower::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        let _ = handle();
+        GrpcMetrics { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+}
+
+use crate::grpc::{HttpRequest, HttpResponse};
+
+impl<S> tower::Service<HttpRequest> for GrpcMetrics<S>
+where
+    S: tower::Service<HttpRequest, Response = HttpResponse, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<HttpResponse, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        let mut inner = crate::grpc::take_ready(&mut self.inner);
+        if !crate::grpc::is_grpc(request.headers()) {
+            return inner.call(request).boxed();
+        }
+        let (service, method) = split_path(request.uri().path());
+        let labels = Labels { service, method };
+        metrics::counter!(
+            "grpc_server_started_total",
+            "grpc_service" => labels.service.clone(),
+            "grpc_method" => labels.method.clone()
+        )
+        .increment(1);
+        // The server span of the call, a child of the caller's `traceparent`.
+        // Only the public job and task APIs start traces; other calls are traced
+        // only inside one (an internal call on a job's behalf). Health probes,
+        // reflection, lease renewals and worker sessions would otherwise bury the
+        // jobs' traces under their own.
+        let parent = crate::trace::from_headers(request.headers());
+        let traced = !labels.service.starts_with("grpc.")
+            && (crate::trace::has_span(&parent) || starts_traces(&labels.service));
+        let span = if !traced {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+            "grpc.server",
+            otel.name = %format!("{}/{}", labels.service, labels.method),
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = %labels.service,
+            rpc.method = %labels.method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            jobmesh.job_id = tracing::field::Empty,
+            jobmesh.task = tracing::field::Empty,
+            jobmesh.attempt = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+            )
+        };
+        if traced {
+            crate::trace::adopt(&span, parent);
+        }
+        let started = Instant::now();
+        let call_span = span.clone();
+        async move {
+            let response = inner.call(request).instrument(call_span).await?;
+            // A trailers-only answer (an error before any message) has its code in
+            // the headers; otherwise it comes in the trailers at the end.
+            Ok(MeteredBody::wrap(
+                Side::Server,
+                response,
+                labels,
+                started,
+                span,
+            ))
+        }
+        .boxed()
+    }
+}
+
+#[derive(Clone)]
+struct Labels {
+    service: String,
+    method: String,
+}
+
+/// Services whose calls are the roots of traces (the public API a user calls).
+fn starts_traces(service: &str) -> bool {
+    matches!(service, "jobmesh.v1.JobService" | "jobmesh.v1.TaskService")
+}
+
+fn split_path(path: &str) -> (String, String) {
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let service = parts.next().unwrap_or_default().to_owned();
+    let method = parts.next().unwrap_or_default().to_owned();
+    (service, method)
+}
+
+/// The gRPC code names go-grpc-prometheus uses.
+fn code_name(code: &str) -> &'static str {
+    match code {
+        "0" => "OK",
+        "1" => "Canceled",
+        "2" => "Unknown",
+        "3" => "InvalidArgument",
+        "4" => "DeadlineExceeded",
+        "5" => "NotFound",
+        "6" => "AlreadyExists",
+        "7" => "PermissionDenied",
+        "8" => "ResourceExhausted",
+        "9" => "FailedPrecondition",
+        "10" => "Aborted",
+        "11" => "OutOfRange",
+        "12" => "Unimplemented",
+        "13" => "Internal",
+        "14" => "Unavailable",
+        "15" => "DataLoss",
+        "16" => "Unauthenticated",
+        _ => "Unknown",
+    }
+}
+
+/// Which end of a call a body belongs to.
+#[derive(Clone, Copy, Debug)]
+enum Side {
+    Server,
+    Client,
+}
+
+impl Side {
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            Side::Server => ("grpc_server_handled_total", "grpc_server_handling_seconds"),
+            Side::Client => ("grpc_client_handled_total", "grpc_client_handling_seconds"),
+        }
+    }
+}
+
+/// A channel to another jobmesh service that records the gRPC client metrics of
+/// every call (`grpc_client_started_total`, `grpc_client_handled_total`,
+/// `grpc_client_handling_seconds`).
+#[derive(Clone, Debug)]
+pub struct MeteredChannel(tonic::transport::Channel);
+
+impl MeteredChannel {
+    pub fn new(channel: tonic::transport::Channel) -> Self {
+        let _ = handle();
+        Self(channel)
+    }
+}
+
+impl tower::Service<HttpRequest> for MeteredChannel {
+    type Response = HttpResponse;
+    type Error = tonic::transport::Error;
+    type Future = BoxFuture<'static, Result<HttpResponse, tonic::transport::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tower::Service::poll_ready(&mut self.0, cx)
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        let (service, method) = split_path(request.uri().path());
+        let labels = Labels { service, method };
+        metrics::counter!(
+            "grpc_client_started_total",
+            "grpc_service" => labels.service.clone(),
+            "grpc_method" => labels.method.clone()
+        )
+        .increment(1);
+        let started = Instant::now();
+        let call = tower::Service::call(&mut self.0, request);
+        async move {
+            match call.await {
+                Ok(response) => Ok(MeteredBody::wrap(
+                    Side::Client,
+                    response,
+                    labels,
+                    started,
+                    tracing::Span::none(),
+                )),
+                Err(error) => {
+                    // No answer at all: the call failed as UNAVAILABLE.
+                    let mut unanswered = MeteredBody {
+                        side: Side::Client,
+                        inner: tonic::body::Body::empty(),
+                        labels: Some(labels),
+                        started,
+                        code: None,
+                        span: tracing::Span::none(),
+                    };
+                    unanswered.finish("14");
+                    Err(error)
+                }
+            }
+        }
+        .boxed()
+    }
+}
+
+/// A response body that records the call's outcome when it ends (or is dropped:
+/// the client went away).
+struct MeteredBody {
+    side: Side,
+    inner: tonic::body::Body,
+    labels: Option<Labels>,
+    started: Instant,
+    code: Option<String>,
+    span: tracing::Span,
+}
+
+impl MeteredBody {
+    /// Wraps a response of a call started at `started`; `code` is the status the
+    /// response head already carries (a trailers-only answer), if any.
+    fn wrap(
+        side: Side,
+        response: HttpResponse,
+        labels: Labels,
+        started: Instant,
+        span: tracing::Span,
+    ) -> HttpResponse {
+        let (parts, body) = response.into_parts();
+        let code = parts
+            .headers
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let metered = Self {
+            side,
+            inner: body,
+            labels: Some(labels),
+            started,
+            code,
+            span,
+        };
+        http::Response::from_parts(parts, tonic::body::Body::new(metered))
+    }
+
+    fn finish(&mut self, code: &str) {
+        if let Some(labels) = self.labels.take() {
+            let number: i64 = code.parse().unwrap_or(2);
+            self.span.record("rpc.grpc.status_code", number);
+            if number != 0 {
+                self.span.record("otel.status_code", "ERROR");
+            }
+            let (handled, seconds) = self.side.names();
+            metrics::counter!(
+                handled,
+                "grpc_service" => labels.service.clone(),
+                "grpc_method" => labels.method.clone(),
+                "grpc_code" => code_name(code)
+            )
+            .increment(1);
+            metrics::histogram!(
+                seconds,
+                "grpc_service" => labels.service,
+                "grpc_method" => labels.method
+            )
+            .record(self.started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+impl http_body::Body for MeteredBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let code = trailers
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("2")
+                        .to_owned();
+                    self.finish(&code);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.finish("2"),
+            Poll::Ready(None) => {
+                let code = self.code.clone().unwrap_or_else(|| "0".to_owned());
+                self.finish(&code);
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for MeteredBody {
+    fn drop(&mut self) {
+        if self.labels.is_some() {
+            let code = self.code.clone().unwrap_or_else(|| "1".to_owned());
+            self.finish(&code);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_split_into_service_and_method() {
+        assert_eq!(
+            split_path("/jobmesh.v1.JobService/SubmitJob"),
+            ("jobmesh.v1.JobService".to_owned(), "SubmitJob".to_owned())
+        );
+        assert_eq!(code_name("8"), "ResourceExhausted");
+        assert_eq!(code_name("x"), "Unknown");
+    }
+}
