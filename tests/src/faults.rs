@@ -23,10 +23,50 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
-/// A free loopback port (bound and released; good enough on a test machine).
+/// A loopback port for a service of a test cluster: free now, outside the
+/// kernel's ephemeral range and never handed out twice by this process.
 pub fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let (low, high) = service_ports();
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .map_err(|_| anyhow::anyhow!("port registry poisoned"))?;
+    let span = u64::from(high - low);
+    // Where to start looking: differs between runs and between test binaries.
+    let start = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::from(d.subsec_nanos()))
+            .unwrap_or_default();
+    for step in 0..span {
+        let port = low + u16::try_from((start + step) % span)?;
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
+            return Ok(port);
+        }
+    }
+    bail!("no free port in {low}..{high}")
+}
+
+/// Ports for the services of a cluster: below the kernel's ephemeral range (or
+/// above it when that starts low), so that no outgoing connection and no
+/// `bind(0)` takes one between the choice and the service binding it, or while
+/// the service is down for a restart.
+fn service_ports() -> (u16, u16) {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut parts = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((parts.next()??, parts.next()??))
+        });
+    match range {
+        Some((first, _)) if first >= 12_000 => (10_000, first),
+        Some((_, last)) if last <= 55_000 => (last + 1, 65_000),
+        _ => (20_000, 32_000),
+    }
 }
 
 /// One child process that can be killed, stopped, continued and restarted with the
@@ -135,7 +175,10 @@ impl Proc {
 
     /// The tail of the process's log, for failure messages.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let text = match std::fs::read(&self.log) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(error) => format!("(cannot read {}: {error})", self.log.display()),
+        };
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
@@ -450,11 +493,26 @@ impl Cluster {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "the probe job did not run within 30s: {job:?}\n{}",
+                    "the probe job did not run within 30s: {job:?}\ntasks: {}\n{}",
+                    self.tasks().await,
                     self.logs()
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// What the gateway says of workers, free slots and backlog, for failure
+    /// messages.
+    pub async fn tasks(&self) -> String {
+        let mut tasks =
+            v1::task_service_client::TaskServiceClient::new(jobmesh_runtime::auth::with_token(
+                jobmesh_runtime::grpc::channel(&self.gateway_url).expect("loopback url"),
+                Some(&self.token),
+            ));
+        match tasks.list_tasks(v1::ListTasksRequest {}).await {
+            Ok(reply) => format!("{:?}", reply.into_inner().tasks),
+            Err(status) => format!("ListTasks failed: {status:?}"),
         }
     }
 
@@ -482,7 +540,7 @@ impl Cluster {
     /// The logs of every process, last lines, for a failing scenario.
     pub fn logs(&self) -> String {
         let mut out = String::new();
-        for p in [&self.job_store, &self.dispatcher, &self.gateway]
+        for p in [&self.nats, &self.job_store, &self.dispatcher, &self.gateway]
             .into_iter()
             .chain(self.workers.iter())
         {

@@ -96,7 +96,11 @@ pub fn init(service: &str) -> Guard {
             .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
             .boxed()
     } else {
-        tracing_subscriber::fmt::layer().with_target(false).boxed()
+        // Colours only on a terminal: files, pipes and container logs get plain text.
+        tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .boxed()
     };
     let installed = tracing_subscriber::registry()
         .with(filter)
