@@ -755,6 +755,45 @@ def check_k8s(flavour: str, files: list[str]) -> None:
                 bad.append(name(d))
     result(not bad, f"[{flavour}] a PodDisruptionBudget covers every replicated workload", ", ".join(bad))
 
+    # NetworkPolicies: the unauthenticated internal ports (job-store, the
+    # dispatcher, NATS clients, PostgreSQL when in the cluster) admit only the
+    # services that call them; each selector selects a workload and each port
+    # names a container port of the pods it protects.
+    workloads = [d for kind in ("Deployment", "StatefulSet") for d in by_kind.get(kind, [])]
+    pod_labels = lambda d: d["spec"]["template"]["metadata"].get("labels", {})  # noqa: E731
+    policies = {name(p): p for p in by_kind.get("NetworkPolicy", [])}
+    walled = {"job-store": "grpc", "dispatcher": "grpc", "nats": "client"}
+    if "postgres" in statefulsets:
+        walled["postgres"] = "postgres"
+    bad = []
+    for target, port in walled.items():
+        workload = deployments.get(target) or statefulsets.get(target)
+        if workload is None:
+            bad.append(f"{target}: no workload")
+            continue
+        covering = [p for p in policies.values() if selects(p["spec"]["podSelector"], pod_labels(workload))]
+        if not covering:
+            bad.append(f"{target}: no NetworkPolicy")
+            continue
+        for p in covering:
+            for rule in p["spec"].get("ingress") or []:
+                if port in {q.get("port") for q in rule.get("ports") or []} and not rule.get("from"):
+                    bad.append(f"{name(p)}: port {port} open to every pod")
+    for p in policies.values():
+        protected = [d for d in workloads if selects(p["spec"]["podSelector"], pod_labels(d))]
+        if not protected:
+            bad.append(f"{name(p)}: selects no workload")
+        names = {q.get("name") for d in protected for c in pod_spec(d)["containers"] for q in c.get("ports") or []}
+        for rule in p["spec"].get("ingress") or []:
+            for q in rule.get("ports") or []:
+                if isinstance(q.get("port"), str) and q["port"] not in names:
+                    bad.append(f"{name(p)}: port {q['port']} is not a container port of the pods it protects")
+            for peer in rule.get("from") or []:
+                sel = peer.get("podSelector")
+                if sel is not None and not any(selects(sel, pod_labels(d)) for d in workloads):
+                    bad.append(f"{name(p)}: a `from` selects no workload: {sel}")
+    result(not bad, f"[{flavour}] NetworkPolicies wall off the unauthenticated ports ({', '.join(f'{t}/{p}' for t, p in walled.items())})", "; ".join(bad))
+
     bad = [n for n in ("job-store", "dispatcher") if (services.get(n, {}).get("spec") or {}).get("clusterIP") != "None"]
     result(not bad, f"[{flavour}] internal gRPC Services (job-store, dispatcher) are headless", ", ".join(bad))
 
