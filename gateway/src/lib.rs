@@ -49,6 +49,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let verifier = config.auth.verifier()?;
+    config.auth.spawn_key_reload(verifier.as_ref(), &shutdown);
     let shim = rest::Shim::new(&PUBLIC_SERVICES).map_err(|e| RunError::Rest(e.to_string()))?;
     if verifier.is_none() {
         tracing::warn!(

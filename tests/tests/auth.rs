@@ -479,3 +479,73 @@ async fn an_overloaded_gateway_refuses_at_once_and_loses_nothing() -> anyhow::Re
     mesh.stop().await;
     Ok(())
 }
+
+/// Key rotation without a restart: the gateway reads its key file again (here
+/// every second), so once the secret is replaced, tokens signed with the new one
+/// are accepted and tokens signed with the old one are refused, over gRPC and
+/// REST alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_signing_key_takes_effect_without_a_restart() -> anyhow::Result<()> {
+    let mesh = Mesh::start(MeshOptions {
+        gateway: |config| config.auth.auth_reload_secs = 1,
+        ..MeshOptions::default()
+    })
+    .await?;
+    let old = mesh.token(TENANT, &[scope::READ]);
+    let list = |token: String| {
+        let mut client = mesh.jobs_with(Some(&token));
+        async move { client.list_jobs(v1::ListJobsRequest::default()).await }
+    };
+    list(old.clone()).await?;
+
+    let rotated = std::env::temp_dir().join(format!(
+        "jobmesh-rotated-{}.key",
+        uuid::Uuid::new_v4().simple()
+    ));
+    auth::ensure_dev_key(&rotated)?;
+    let new = auth::Minter::hs256_file(&rotated)?.mint(
+        "test",
+        Some(TENANT),
+        &[scope::READ],
+        Duration::from_secs(300),
+    )?;
+    let refused = list(new.clone()).await.expect_err("not the key in use yet");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    // Replace the file in one step, as a secret store or a ConfigMap update does.
+    let staged = mesh.key_file.with_extension("next");
+    std::fs::copy(&rotated, &staged)?;
+    std::fs::rename(&staged, &mesh.key_file)?;
+    let _ = std::fs::remove_file(&rotated);
+
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    while let Err(status) = list(new.clone()).await {
+        anyhow::ensure!(
+            std::time::Instant::now() < until,
+            "the rotated key was not in use within 15 s: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let refused = list(old.clone()).await.expect_err("the retired key");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert!(
+        refused.message().contains("signature"),
+        "says which check failed: {}",
+        refused.message()
+    );
+
+    let address = mesh.gateway_url.trim_start_matches("http://").to_owned();
+    for (token, status) in [(&new, 200), (&old, 401)] {
+        let bearer = format!("Bearer {token}");
+        let reply = request(
+            &address,
+            "GET",
+            "/v1/jobs",
+            &[("Authorization", &bearer)],
+            b"",
+        )
+        .await?;
+        assert_eq!(reply.status, status, "GET /v1/jobs");
+    }
+    mesh.stop().await;
+    Ok(())
+}

@@ -121,6 +121,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let worker_verifier = config.auth.verifier()?;
+    config
+        .auth
+        .spawn_key_reload(worker_verifier.as_ref(), &shutdown);
     let metrics_listener = jobmesh_runtime::metrics::bind(&config.metrics)
         .await
         .map_err(RunError::Metrics)?;

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -93,6 +93,11 @@ pub struct AuthConfig {
     /// Clock skew allowed on `exp` and `nbf`, in seconds.
     #[arg(long, env = "JOBMESH_AUTH_LEEWAY_SECS", default_value_t = 30)]
     pub auth_leeway_secs: u64,
+    /// How often the key file is read again, in seconds, so that a rotated key
+    /// (a new JWKS from the identity provider, a new secret) takes effect without a
+    /// restart; 0 reads it only at start.
+    #[arg(long, env = "JOBMESH_AUTH_RELOAD_SECS", default_value_t = 10)]
+    pub auth_reload_secs: u64,
     /// Run without authentication: every caller is tenant "default" with every
     /// scope. For local experiments only.
     #[arg(long, env = "JOBMESH_INSECURE_NO_AUTH")]
@@ -106,6 +111,7 @@ impl AuthConfig {
             auth_hs256_secret_file: Some(path.into()),
             auth_tenant_claim: "tenant".to_owned(),
             auth_leeway_secs: 30,
+            auth_reload_secs: 10,
             ..Self::default()
         }
     }
@@ -135,47 +141,85 @@ impl AuthConfig {
             }
             return Ok(None);
         }
-        let sources = [
-            self.auth_hs256_secret_file.is_some(),
-            self.auth_public_key_file.is_some(),
-            self.auth_jwks_file.is_some(),
-        ];
-        if sources.iter().filter(|s| **s).count() > 1 {
-            return Err(SetupError::TwoSources);
-        }
-        let keys = if let Some(path) = &self.auth_hs256_secret_file {
-            let secret = read_secret(path)?;
-            vec![VerifyKey {
-                kid: None,
-                key: DecodingKey::from_secret(&secret),
-                algorithms: vec![Algorithm::HS256],
-            }]
-        } else if let Some(path) = &self.auth_public_key_file {
-            let pem = read(path)?;
-            let (key, algorithm) = public_key_from_pem(&pem).map_err(|why| SetupError::Key {
-                path: path.clone(),
-                why,
-            })?;
-            vec![VerifyKey {
-                kid: None,
-                key,
-                algorithms: vec![algorithm],
-            }]
-        } else if let Some(path) = &self.auth_jwks_file {
-            jwks_keys(&read(path)?).map_err(|why| SetupError::Key {
-                path: path.clone(),
-                why,
-            })?
-        } else {
-            return Err(SetupError::NoKey);
+        let source = match (
+            &self.auth_hs256_secret_file,
+            &self.auth_public_key_file,
+            &self.auth_jwks_file,
+        ) {
+            (Some(path), None, None) => KeySource::Hs256(path.clone()),
+            (None, Some(path), None) => KeySource::PublicKey(path.clone()),
+            (None, None, Some(path)) => KeySource::Jwks(path.clone()),
+            (None, None, None) => return Err(SetupError::NoKey),
+            _ => return Err(SetupError::TwoSources),
         };
+        let raw = read(source.path())?;
+        let keys = source.keys(&raw)?;
         Ok(Some(Arc::new(Verifier {
-            keys,
+            keys: RwLock::new(Arc::new(keys)),
+            source,
+            loaded: Mutex::new(raw),
             issuer: self.auth_issuer.clone(),
             audience: self.auth_audience.clone(),
             tenant_claim: self.auth_tenant_claim.clone(),
             leeway: self.auth_leeway_secs,
         })))
+    }
+
+    /// How often the key file is read again; `None` when only at start.
+    pub fn reload_every(&self) -> Option<Duration> {
+        (self.auth_reload_secs > 0).then(|| Duration::from_secs(self.auth_reload_secs))
+    }
+
+    /// Starts following `verifier`'s key file (when there is a verifier and
+    /// reloading is on) until `shutdown`.
+    pub fn spawn_key_reload(
+        &self,
+        verifier: Option<&Arc<Verifier>>,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) {
+        if let (Some(verifier), Some(every)) = (verifier, self.reload_every()) {
+            tokio::spawn(Arc::clone(verifier).follow_key_file(every, shutdown.clone()));
+        }
+    }
+}
+
+/// Where the verification keys come from.
+#[derive(Clone, Debug)]
+enum KeySource {
+    Hs256(PathBuf),
+    PublicKey(PathBuf),
+    Jwks(PathBuf),
+}
+
+impl KeySource {
+    fn path(&self) -> &Path {
+        match self {
+            Self::Hs256(path) | Self::PublicKey(path) | Self::Jwks(path) => path,
+        }
+    }
+
+    /// The keys in `raw`, the contents of the key file.
+    fn keys(&self, raw: &[u8]) -> Result<Vec<VerifyKey>, SetupError> {
+        let invalid = |why: String| SetupError::Key {
+            path: self.path().to_owned(),
+            why,
+        };
+        match self {
+            Self::Hs256(_) => Ok(vec![VerifyKey {
+                kid: None,
+                key: DecodingKey::from_secret(&secret_of(raw).map_err(invalid)?),
+                algorithms: vec![Algorithm::HS256],
+            }]),
+            Self::PublicKey(_) => {
+                let (key, algorithm) = public_key_from_pem(raw).map_err(invalid)?;
+                Ok(vec![VerifyKey {
+                    kid: None,
+                    key,
+                    algorithms: vec![algorithm],
+                }])
+            }
+            Self::Jwks(_) => jwks_keys(raw).map_err(invalid),
+        }
     }
 }
 
@@ -206,19 +250,15 @@ fn read(path: &Path) -> Result<Vec<u8>, SetupError> {
     })
 }
 
-/// An HS256 secret file: its bytes with surrounding whitespace removed. At least
-/// 32 bytes, as RFC 7518 requires for HS256.
-fn read_secret(path: &Path) -> Result<Vec<u8>, SetupError> {
-    let raw = read(path)?;
-    let secret = String::from_utf8_lossy(&raw).trim().as_bytes().to_vec();
+/// The HS256 secret in a secret file's contents: its bytes with surrounding
+/// whitespace removed. At least 32 bytes, as RFC 7518 requires for HS256.
+fn secret_of(raw: &[u8]) -> Result<Vec<u8>, String> {
+    let secret = String::from_utf8_lossy(raw).trim().as_bytes().to_vec();
     if secret.len() < 32 {
-        return Err(SetupError::Key {
-            path: path.to_owned(),
-            why: format!(
-                "an HS256 secret must be at least 32 bytes, this one has {}",
-                secret.len()
-            ),
-        });
+        return Err(format!(
+            "an HS256 secret must be at least 32 bytes, this one has {}",
+            secret.len()
+        ));
     }
     Ok(secret)
 }
@@ -303,7 +343,11 @@ struct VerifyKey {
 
 /// Verifies bearer tokens.
 pub struct Verifier {
-    keys: Vec<VerifyKey>,
+    /// The keys in use; replaced as a whole when the key file changes.
+    keys: RwLock<Arc<Vec<VerifyKey>>>,
+    source: KeySource,
+    /// The key file's contents the keys were read from.
+    loaded: Mutex<Vec<u8>>,
     issuer: Option<String>,
     audience: Option<String>,
     tenant_claim: String,
@@ -313,7 +357,8 @@ pub struct Verifier {
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Verifier")
-            .field("keys", &self.keys.len())
+            .field("keys", &self.keys().len())
+            .field("source", &self.source)
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .field("tenant_claim", &self.tenant_claim)
@@ -410,6 +455,63 @@ impl Verifier {
         &self.tenant_claim
     }
 
+    /// The keys in use now.
+    fn keys(&self) -> Arc<Vec<VerifyKey>> {
+        Arc::clone(&self.keys.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Reads the key file again and, when its contents changed, verifies with
+    /// its keys from now on. Returns whether the keys changed. A file that cannot
+    /// be read or holds no usable key changes nothing: the keys in use stay.
+    pub fn reload(&self) -> Result<bool, SetupError> {
+        let raw = read(self.source.path())?;
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if *loaded == raw {
+            return Ok(false);
+        }
+        let keys = self.source.keys(&raw)?;
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        *loaded = raw;
+        Ok(true)
+    }
+
+    /// Reloads the key file every `every` until `shutdown`, logging each change
+    /// and each new problem (the keys in use stay while the file is unusable).
+    pub async fn follow_key_file(
+        self: Arc<Self>,
+        every: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        let mut last_problem: Option<String> = None;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let verifier = Arc::clone(&self);
+            let outcome = tokio::task::spawn_blocking(move || verifier.reload()).await;
+            match outcome {
+                Ok(Ok(changed)) => {
+                    if changed {
+                        tracing::info!(file = %self.source.path().display(), keys = self.keys().len(), "verification keys reloaded");
+                    }
+                    last_problem = None;
+                }
+                Ok(Err(error)) => {
+                    let problem = error.to_string();
+                    if last_problem.as_ref() != Some(&problem) {
+                        tracing::warn!(error = %problem, "cannot reload the verification keys; the keys loaded before stay in use");
+                        last_problem = Some(problem);
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "key reload task failed"),
+            }
+        }
+    }
+
     /// Verifies a token and returns the caller it names.
     pub fn verify(&self, token: &str) -> Result<Caller, Refusal> {
         let header = header_of(token)?;
@@ -418,10 +520,10 @@ impl Verifier {
             return Err(Refusal::AlgNone);
         }
         let kid = header.get("kid").and_then(Value::as_str);
+        let keys = self.keys();
         let candidates: Vec<&VerifyKey> = match kid {
-            Some(kid) if self.keys.iter().any(|k| k.kid.is_some()) => {
-                let found: Vec<_> = self
-                    .keys
+            Some(kid) if keys.iter().any(|k| k.kid.is_some()) => {
+                let found: Vec<_> = keys
                     .iter()
                     .filter(|k| k.kid.as_deref() == Some(kid))
                     .collect();
@@ -430,7 +532,7 @@ impl Verifier {
                 }
                 found
             }
-            _ => self.keys.iter().collect(),
+            _ => keys.iter().collect(),
         };
         let accepted: Vec<Algorithm> = candidates
             .iter()
@@ -694,7 +796,10 @@ pub struct Minter {
 impl Minter {
     /// HS256 with the secret in `path`.
     pub fn hs256_file(path: &Path) -> Result<Self, SetupError> {
-        let secret = read_secret(path)?;
+        let secret = secret_of(&read(path)?).map_err(|why| SetupError::Key {
+            path: path.to_owned(),
+            why,
+        })?;
         Ok(Self {
             key: EncodingKey::from_secret(&secret),
             algorithm: Algorithm::HS256,

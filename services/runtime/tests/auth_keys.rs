@@ -320,3 +320,103 @@ fn unusable_keys_stop_setup() {
     assert!(matches!(error, SetupError::Key { .. }), "{error:?}");
     assert!(error.to_string().contains("at least 32 bytes"), "{error}");
 }
+
+/// The fixture JWKS with only the keys named in `kids`.
+fn jwks_with(kids: &[&str]) -> Vec<u8> {
+    let mut set: Value =
+        serde_json::from_slice(&key_bytes("jwks.json")).expect("the JWKS fixture is JSON");
+    if let Some(keys) = set["keys"].as_array_mut() {
+        keys.retain(|k| kids.contains(&k["kid"].as_str().unwrap_or_default()));
+    }
+    serde_json::to_vec(&set).expect("serialise a JWKS")
+}
+
+/// Key rotation at an identity provider: the JWKS file is replaced, and after a
+/// reload tokens of the new key verify and those of the retired key are refused.
+/// A file that is broken mid-rotation keeps the keys in use.
+#[test]
+fn a_rotated_jwks_takes_effect_on_reload_and_a_broken_one_changes_nothing() {
+    let file = TempFile::new("jwks", &jwks_with(&["k1"]));
+    let verifier = verifier_of(&AuthConfig {
+        auth_jwks_file: Some(file.path().to_owned()),
+        ..config()
+    });
+    let valid = claims(get_current_timestamp() + 300);
+    let old = sign(
+        Algorithm::RS256,
+        Some("k1"),
+        &rsa_signing_key("rsa.pem"),
+        &valid,
+    );
+    let ed = EncodingKey::from_ed_pem(&key_bytes("ed.pem")).expect("an Ed25519 PKCS#8 key");
+    let new = sign(Algorithm::EdDSA, Some("k2"), &ed, &valid);
+    assert!(verifier.verify(&old).is_ok(), "k1 verifies before rotation");
+    assert_eq!(
+        verifier.verify(&new).err(),
+        Some(Refusal::UnknownKid("k2".into()))
+    );
+    assert!(!verifier.reload().expect("reload"), "unchanged file");
+
+    std::fs::write(file.path(), jwks_with(&["k2"])).expect("rotate the JWKS");
+    assert!(verifier.reload().expect("reload the rotated JWKS"));
+    assert!(verifier.verify(&new).is_ok(), "k2 verifies after rotation");
+    assert_eq!(
+        verifier.verify(&old).err(),
+        Some(Refusal::UnknownKid("k1".into()))
+    );
+
+    for broken in [&b"{\"keys\": ["[..], b"{\"keys\": []}", b""] {
+        std::fs::write(file.path(), broken).expect("break the JWKS");
+        assert!(
+            matches!(verifier.reload(), Err(SetupError::Key { .. })),
+            "a broken JWKS is an error: {:?}",
+            String::from_utf8_lossy(broken)
+        );
+        assert!(verifier.verify(&new).is_ok(), "k2 still verifies");
+    }
+    drop(file);
+    assert!(
+        matches!(verifier.reload(), Err(SetupError::Read { .. })),
+        "a missing file is an error"
+    );
+    assert!(verifier.verify(&new).is_ok(), "k2 still verifies");
+}
+
+/// A new HS256 secret is picked up by the background reload: tokens signed with
+/// the old one are refused from then on.
+#[tokio::test]
+async fn a_new_hs256_secret_is_followed_in_the_background() {
+    let file = TempFile::new("hs256", HS256_SECRET);
+    let config = AuthConfig {
+        auth_hs256_secret_file: Some(file.path().to_owned()),
+        auth_reload_secs: 1,
+        ..config()
+    };
+    let verifier = verifier_of(&config);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    config.spawn_key_reload(Some(&verifier), &shutdown);
+    let old = mint(&Minter::hs256_file(file.path()).expect("minter"));
+    assert!(verifier.verify(&old).is_ok());
+
+    std::fs::write(
+        file.path(),
+        b"a-rotated-hs256-secret-of-more-than-32-bytes\n",
+    )
+    .expect("rotate the secret");
+    let new = mint(&Minter::hs256_file(file.path()).expect("minter"));
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while verifier.verify(&new).is_err() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the new secret was not picked up within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(verifier.verify(&old).err(), Some(Refusal::Signature));
+
+    // A secret too short to use is refused; the one in use stays.
+    std::fs::write(file.path(), b"short").expect("write a short secret");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(verifier.verify(&new).is_ok());
+    shutdown.cancel();
+}
