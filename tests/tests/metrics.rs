@@ -102,8 +102,15 @@ async fn counters_move_as_jobs_run_and_promtool_accepts_the_text() -> anyhow::Re
         })
         .await;
     assert!(bad.is_err());
+    // Each watch streams the job's changes up to its terminal state.
+    let mut watched = 0;
     for id in &ids {
-        mesh.finished(id, Duration::from_secs(30)).await?;
+        let events = mesh.watch(id, Duration::from_secs(30)).await?;
+        anyhow::ensure!(
+            events.last().is_some_and(|job| job.state().is_terminal()),
+            "the watch of {id} ended before a terminal state: {events:?}"
+        );
+        watched += events.len();
     }
     let after = scrape(&address).await?;
     let delta = |name: &str, labels: &[(&str, &str)]| {
@@ -181,6 +188,34 @@ async fn counters_move_as_jobs_run_and_promtool_accepts_the_text() -> anyhow::Re
     );
     assert_eq!(delta("grpc_server_started_total", &submit), 9.0);
     assert!(delta("grpc_server_handling_seconds_count", &submit) >= 9.0);
+    // grpc_type, and messages: one request per call, one response per OK call;
+    // a watch receives one request and sends every change.
+    let unary = [submit[0], submit[1], ("grpc_type", "unary")];
+    assert_eq!(delta("grpc_server_started_total", &unary), 9.0);
+    assert_eq!(delta("grpc_server_msg_received_total", &unary), 9.0);
+    assert_eq!(delta("grpc_server_msg_sent_total", &unary), 8.0);
+    let watch = [
+        ("grpc_service", "jobmesh.v1.JobService"),
+        ("grpc_method", "WatchJob"),
+        ("grpc_type", "server_stream"),
+    ];
+    assert_eq!(delta("grpc_server_started_total", &watch), ids.len() as f64);
+    assert_eq!(
+        delta("grpc_server_msg_received_total", &watch),
+        ids.len() as f64
+    );
+    assert_eq!(delta("grpc_server_msg_sent_total", &watch), watched as f64);
+    assert!(
+        delta(
+            "grpc_client_msg_received_total",
+            &[
+                ("grpc_service", "jobmesh.internal.v1.JobStoreService"),
+                ("grpc_method", "WatchJob"),
+                ("grpc_type", "server_stream")
+            ]
+        ) >= watched as f64,
+        "the gateway received from job-store what it sent on"
+    );
     assert!(
         delta(
             "grpc_server_handled_total",
@@ -205,6 +240,8 @@ async fn counters_move_as_jobs_run_and_promtool_accepts_the_text() -> anyhow::Re
         8.0
     );
     assert_eq!(delta("grpc_client_started_total", &create), 8.0);
+    assert_eq!(delta("grpc_client_msg_sent_total", &create), 8.0);
+    assert_eq!(delta("grpc_client_msg_received_total", &create), 8.0);
     assert_eq!(delta("grpc_client_handling_seconds_count", &create), 8.0);
     for dependency in ["postgres", "nats", "job-store"] {
         assert_eq!(

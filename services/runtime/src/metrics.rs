@@ -1,8 +1,10 @@
 //! Prometheus metrics: one recorder per process (the `metrics` facade with the
 //! Prometheus exporter), served as text at `GET /metrics` on `--metrics-listen`,
-//! and the gRPC server metrics of every service in the go-grpc-prometheus style
-//! (`grpc_server_started_total`, `grpc_server_handled_total`,
-//! `grpc_server_handling_seconds`), recorded by one tower layer.
+//! and the gRPC server and client metrics of every service in the
+//! go-grpc-prometheus style (`grpc_{server,client}_started_total`, `_handled_total`,
+//! `_msg_received_total`, `_msg_sent_total`, `_handling_seconds`, each labelled
+//! with `grpc_type`, `grpc_service` and `grpc_method`), recorded by one tower
+//! layer on the server and by [`MeteredChannel`] on the client.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -79,8 +81,24 @@ fn describe() {
         "time from a call's start to its end on the server (a stream's whole life)"
     );
     describe_counter!(
+        "grpc_server_msg_received_total",
+        "gRPC messages received by the server (requests; a stream's every message)"
+    );
+    describe_counter!(
+        "grpc_server_msg_sent_total",
+        "gRPC messages sent by the server (responses; a stream's every message)"
+    );
+    describe_counter!(
         "grpc_client_started_total",
         "gRPC calls started by this service as a client"
+    );
+    describe_counter!(
+        "grpc_client_msg_sent_total",
+        "gRPC messages this service sent as a client"
+    );
+    describe_counter!(
+        "grpc_client_msg_received_total",
+        "gRPC messages this service received as a client"
     );
     describe_counter!(
         "grpc_client_handled_total",
@@ -277,14 +295,9 @@ where
         if !crate::grpc::is_grpc(request.headers()) {
             return inner.call(request).boxed();
         }
-        let (service, method) = split_path(request.uri().path());
-        let labels = Labels { service, method };
-        metrics::counter!(
-            "grpc_server_started_total",
-            "grpc_service" => labels.service.clone(),
-            "grpc_method" => labels.method.clone()
-        )
-        .increment(1);
+        let labels = Labels::of(request.uri().path());
+        labels.counter("grpc_server_started_total").increment(1);
+        let request = Messages::count_in(request, labels.counter("grpc_server_msg_received_total"));
         // The server span of the call, a child of the caller's `traceparent`.
         // Only the public job and task APIs start traces; other calls are traced
         // only inside one (an internal call on a job's behalf). Health probes,
@@ -337,6 +350,162 @@ where
 struct Labels {
     service: String,
     method: String,
+    /// `unary`, `client_stream`, `server_stream` or `bidi_stream`.
+    kind: &'static str,
+}
+
+impl Labels {
+    /// The labels of a call to `path` (`/package.Service/Method`).
+    fn of(path: &str) -> Self {
+        let (service, method) = split_path(path);
+        let kind = method_type(&service, &method);
+        Self {
+            service,
+            method,
+            kind,
+        }
+    }
+
+    /// The counter `name` of this call's method.
+    fn counter(&self, name: &'static str) -> metrics::Counter {
+        metrics::counter!(
+            name,
+            "grpc_type" => self.kind,
+            "grpc_service" => self.service.clone(),
+            "grpc_method" => self.method.clone()
+        )
+    }
+}
+
+/// The go-grpc-prometheus `grpc_type` of a method, from the descriptors of the
+/// services jobmesh serves (plus health and reflection); `unary` for a method it
+/// does not know (such a call ends `UNIMPLEMENTED`).
+fn method_type(service: &str, method: &str) -> &'static str {
+    static TYPES: OnceLock<std::collections::HashMap<String, &'static str>> = OnceLock::new();
+    let types = TYPES.get_or_init(|| {
+        use prost::Message as _;
+        let mut types = std::collections::HashMap::new();
+        let set = prost_types::FileDescriptorSet::decode(jobmesh_proto::FILE_DESCRIPTOR_SET)
+            .unwrap_or_default();
+        for file in &set.file {
+            for svc in &file.service {
+                let name = format!("{}.{}", file.package(), svc.name());
+                for m in &svc.method {
+                    let kind = match (m.client_streaming(), m.server_streaming()) {
+                        (false, false) => "unary",
+                        (true, false) => "client_stream",
+                        (false, true) => "server_stream",
+                        (true, true) => "bidi_stream",
+                    };
+                    types.insert(format!("{name}/{}", m.name()), kind);
+                }
+            }
+        }
+        for (path, kind) in [
+            ("grpc.health.v1.Health/Check", "unary"),
+            ("grpc.health.v1.Health/Watch", "server_stream"),
+            (
+                "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                "bidi_stream",
+            ),
+            (
+                "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                "bidi_stream",
+            ),
+        ] {
+            types.insert(path.to_owned(), kind);
+        }
+        types
+    });
+    types
+        .get(&format!("{service}/{method}"))
+        .copied()
+        .unwrap_or("unary")
+}
+
+/// Counts the gRPC messages of a body from its data frames, however they are
+/// split: each message is a 5-byte prefix (a compression flag and a big-endian
+/// length) and that many bytes. A message counts when its prefix is complete.
+#[derive(Debug, Default)]
+struct Messages {
+    /// Bytes of the current prefix seen so far (0 to 4).
+    prefix: usize,
+    length: [u8; 4],
+    /// Bytes of the current message still to come.
+    left: u64,
+}
+
+impl Messages {
+    /// Feeds one data frame; returns how many messages started in it.
+    fn feed(&mut self, mut data: &[u8]) -> u64 {
+        let mut started = 0;
+        while !data.is_empty() {
+            if self.left > 0 {
+                let n = usize::try_from(self.left)
+                    .unwrap_or(usize::MAX)
+                    .min(data.len());
+                data = &data[n..];
+                self.left -= n as u64;
+                continue;
+            }
+            if self.prefix > 0 {
+                self.length[self.prefix - 1] = data[0];
+            }
+            self.prefix += 1;
+            data = &data[1..];
+            if self.prefix == 5 {
+                self.prefix = 0;
+                self.left = u64::from(u32::from_be_bytes(self.length));
+                started += 1;
+            }
+        }
+        started
+    }
+
+    /// `request` with its body's messages counted on `counter`.
+    fn count_in(request: HttpRequest, counter: metrics::Counter) -> HttpRequest {
+        let (parts, body) = request.into_parts();
+        let counted = CountedBody {
+            inner: body,
+            messages: Self::default(),
+            counter,
+        };
+        http::Request::from_parts(parts, tonic::body::Body::new(counted))
+    }
+}
+
+/// A request body whose messages are counted as they pass.
+struct CountedBody {
+    inner: tonic::body::Body,
+    messages: Messages,
+    counter: metrics::Counter,
+}
+
+impl http_body::Body for CountedBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            let this = &mut *self;
+            this.counter.increment(this.messages.feed(data));
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Services whose calls are the roots of traces (the public API a user calls).
@@ -389,6 +558,15 @@ impl Side {
             Side::Client => ("grpc_client_handled_total", "grpc_client_handling_seconds"),
         }
     }
+
+    /// The counter of the messages in the response: sent by a server, received
+    /// by a client.
+    fn response_messages(self) -> &'static str {
+        match self {
+            Side::Server => "grpc_server_msg_sent_total",
+            Side::Client => "grpc_client_msg_received_total",
+        }
+    }
 }
 
 /// A channel to another jobmesh service that records the gRPC client metrics of
@@ -414,14 +592,9 @@ impl tower::Service<HttpRequest> for MeteredChannel {
     }
 
     fn call(&mut self, request: HttpRequest) -> Self::Future {
-        let (service, method) = split_path(request.uri().path());
-        let labels = Labels { service, method };
-        metrics::counter!(
-            "grpc_client_started_total",
-            "grpc_service" => labels.service.clone(),
-            "grpc_method" => labels.method.clone()
-        )
-        .increment(1);
+        let labels = Labels::of(request.uri().path());
+        labels.counter("grpc_client_started_total").increment(1);
+        let request = Messages::count_in(request, labels.counter("grpc_client_msg_sent_total"));
         let started = Instant::now();
         let call = tower::Service::call(&mut self.0, request);
         async move {
@@ -438,6 +611,8 @@ impl tower::Service<HttpRequest> for MeteredChannel {
                     let mut unanswered = MeteredBody {
                         side: Side::Client,
                         inner: tonic::body::Body::empty(),
+                        messages: Messages::default(),
+                        counter: labels.counter(Side::Client.response_messages()),
                         labels: Some(labels),
                         started,
                         code: None,
@@ -457,6 +632,9 @@ impl tower::Service<HttpRequest> for MeteredChannel {
 struct MeteredBody {
     side: Side,
     inner: tonic::body::Body,
+    /// The response's messages, counted on `counter`.
+    messages: Messages,
+    counter: metrics::Counter,
     labels: Option<Labels>,
     started: Instant,
     code: Option<String>,
@@ -482,6 +660,8 @@ impl MeteredBody {
         let metered = Self {
             side,
             inner: body,
+            messages: Messages::default(),
+            counter: labels.counter(side.response_messages()),
             labels: Some(labels),
             started,
             code,
@@ -500,6 +680,7 @@ impl MeteredBody {
             let (handled, seconds) = self.side.names();
             metrics::counter!(
                 handled,
+                "grpc_type" => labels.kind,
                 "grpc_service" => labels.service.clone(),
                 "grpc_method" => labels.method.clone(),
                 "grpc_code" => code_name(code)
@@ -507,6 +688,7 @@ impl MeteredBody {
             .increment(1);
             metrics::histogram!(
                 seconds,
+                "grpc_type" => labels.kind,
                 "grpc_service" => labels.service,
                 "grpc_method" => labels.method
             )
@@ -526,6 +708,10 @@ impl http_body::Body for MeteredBody {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let this = &mut *self;
+                    this.counter.increment(this.messages.feed(data));
+                }
                 if let Some(trailers) = frame.trailers_ref() {
                     let code = trailers
                         .get("grpc-status")
@@ -575,5 +761,41 @@ mod tests {
         );
         assert_eq!(code_name("8"), "ResourceExhausted");
         assert_eq!(code_name("x"), "Unknown");
+    }
+
+    #[test]
+    fn method_types_come_from_the_descriptors() {
+        assert_eq!(method_type("jobmesh.v1.JobService", "SubmitJob"), "unary");
+        assert_eq!(
+            method_type("jobmesh.v1.JobService", "WatchJob"),
+            "server_stream"
+        );
+        assert_eq!(
+            method_type("jobmesh.v1.WorkerService", "Connect"),
+            "bidi_stream"
+        );
+        assert_eq!(
+            method_type("grpc.health.v1.Health", "Watch"),
+            "server_stream"
+        );
+        assert_eq!(method_type("jobmesh.v1.JobService", "Nope"), "unary");
+    }
+
+    #[test]
+    fn messages_are_counted_however_frames_split_them() {
+        // Three messages: 3 bytes, 0 bytes, 300 bytes.
+        let mut body = Vec::new();
+        for len in [3u32, 0, 300] {
+            body.push(0);
+            body.extend_from_slice(&len.to_be_bytes());
+            body.extend(std::iter::repeat_n(7u8, len as usize));
+        }
+        let whole = Messages::default().feed(&body);
+        assert_eq!(whole, 3);
+        for chunk in [1, 2, 4, 5, 6, 64] {
+            let mut messages = Messages::default();
+            let counted: u64 = body.chunks(chunk).map(|c| messages.feed(c)).sum();
+            assert_eq!(counted, 3, "chunks of {chunk}");
+        }
     }
 }
