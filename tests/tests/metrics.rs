@@ -104,6 +104,21 @@ async fn counters_move_as_jobs_run_and_promtool_accepts_the_text() -> anyhow::Re
     assert!(bad.is_err());
     // Each watch streams the job's changes up to its terminal state.
     let mut watched = 0;
+    // A method the gateway does not serve: UNIMPLEMENTED, and labelled `unknown`
+    // (a caller cannot add series by inventing paths).
+    let mut raw = tonic::client::Grpc::new(jobmesh_runtime::grpc::channel(&mesh.gateway_url)?);
+    raw.ready().await?;
+    let unserved = raw
+        .unary(
+            tonic::Request::new(()),
+            tonic::codegen::http::uri::PathAndQuery::from_static(
+                "/jobmesh.v1.JobService/InventedByACaller",
+            ),
+            tonic_prost::ProstCodec::<(), ()>::default(),
+        )
+        .await
+        .expect_err("not a method of JobService");
+    assert_eq!(unserved.code(), tonic::Code::Unimplemented);
     for id in &ids {
         let events = mesh.watch(id, Duration::from_secs(30)).await?;
         anyhow::ensure!(
@@ -227,6 +242,18 @@ async fn counters_move_as_jobs_run_and_promtool_accepts_the_text() -> anyhow::Re
         ) >= 7.0,
         "job-store's own calls are counted too"
     );
+    assert_eq!(
+        delta(
+            "grpc_server_handled_total",
+            &[
+                ("grpc_service", "unknown"),
+                ("grpc_method", "unknown"),
+                ("grpc_code", "Unimplemented")
+            ]
+        ),
+        1.0
+    );
+    assert!(!after.contains("InventedByACaller"));
     // Client side: the gateway's calls to job-store, as the gateway saw them.
     let create = [
         ("grpc_service", "jobmesh.internal.v1.JobStoreService"),

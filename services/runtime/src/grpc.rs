@@ -183,3 +183,52 @@ pub fn take_ready<S: Clone>(inner: &mut S) -> S {
     let clone = inner.clone();
     std::mem::replace(inner, clone)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_timeout(value: &str) -> tonic::metadata::MetadataMap {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        if let Ok(value) = value.parse() {
+            metadata.insert("grpc-timeout", value);
+        }
+        metadata
+    }
+
+    #[test]
+    fn a_callers_deadline_is_read_in_every_unit_and_capped() {
+        for (header, want) in [
+            ("1500m", Some(Duration::from_millis(1500))),
+            ("5S", Some(Duration::from_secs(5))),
+            ("2M", Some(Duration::from_secs(120))),
+            ("250000u", Some(Duration::from_millis(250))),
+            ("7n", Some(Duration::from_nanos(7))),
+            ("2H", Some(MAX_FORWARDED_DEADLINE)),
+            ("99999999H", Some(MAX_FORWARDED_DEADLINE)),
+            ("5s", None),
+            ("S", None),
+            ("soon", None),
+            ("", None),
+        ] {
+            assert_eq!(deadline(&with_timeout(header)), want, "{header:?}");
+        }
+        assert_eq!(deadline(&tonic::metadata::MetadataMap::new()), None);
+    }
+
+    #[test]
+    fn an_internal_call_carries_the_callers_deadline() {
+        let forwarded = forward(&with_timeout("1500m"), ());
+        assert_eq!(
+            deadline(forwarded.metadata()),
+            Some(Duration::from_millis(1500)),
+            "{:?}",
+            forwarded.metadata()
+        );
+        // No deadline from the caller: the channel's default applies.
+        assert_eq!(
+            deadline(forward(&tonic::metadata::MetadataMap::new(), ()).metadata()),
+            None
+        );
+    }
+}

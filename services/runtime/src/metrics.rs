@@ -295,9 +295,9 @@ where
         if !crate::grpc::is_grpc(request.headers()) {
             return inner.call(request).boxed();
         }
-        let labels = Labels::of(request.uri().path());
-        labels.counter("grpc_server_started_total").increment(1);
-        let request = Messages::count_in(request, labels.counter("grpc_server_msg_received_total"));
+        let labels = Method::of(request.uri().path());
+        labels.started(Side::Server).increment(1);
+        let request = Messages::count_in(request, labels.requests(Side::Server));
         // The server span of the call, a child of the caller's `traceparent`.
         // Only the public job and task APIs start traces; other calls are traced
         // only inside one (an internal call on a job's behalf). Health probes,
@@ -346,81 +346,176 @@ where
     }
 }
 
-#[derive(Clone)]
-struct Labels {
+/// One gRPC method's labels and metric handles, made once per process: a call
+/// costs one map lookup and a few atomic increments, and the label values are
+/// bounded by the methods jobmesh serves (a path it does not serve is labelled
+/// `unknown`, so no caller can grow the series without bound).
+struct Method {
     service: String,
     method: String,
     /// `unary`, `client_stream`, `server_stream` or `bidi_stream`.
     kind: &'static str,
+    server: SideMetrics,
+    client: SideMetrics,
 }
 
-impl Labels {
-    /// The labels of a call to `path` (`/package.Service/Method`).
-    fn of(path: &str) -> Self {
-        let (service, method) = split_path(path);
-        let kind = method_type(&service, &method);
+/// The handles of one side of a method, each registered on first use (a
+/// service shows only the metrics of the calls it serves or makes).
+#[derive(Default)]
+struct SideMetrics {
+    started: OnceLock<metrics::Counter>,
+    requests: OnceLock<metrics::Counter>,
+    responses: OnceLock<metrics::Counter>,
+    handled: [OnceLock<metrics::Counter>; 17],
+    seconds: OnceLock<metrics::Histogram>,
+}
+
+impl Method {
+    fn new(service: &str, method: &str, kind: &'static str) -> Self {
         Self {
-            service,
-            method,
+            service: service.to_owned(),
+            method: method.to_owned(),
             kind,
+            server: SideMetrics::default(),
+            client: SideMetrics::default(),
         }
     }
 
-    /// The counter `name` of this call's method.
-    fn counter(&self, name: &'static str) -> metrics::Counter {
-        metrics::counter!(
-            name,
-            "grpc_type" => self.kind,
-            "grpc_service" => self.service.clone(),
-            "grpc_method" => self.method.clone()
-        )
+    /// The method called at `path` (`/package.Service/Method`).
+    fn of(path: &str) -> &'static Method {
+        static METHODS: OnceLock<std::collections::HashMap<String, Method>> = OnceLock::new();
+        static UNKNOWN: OnceLock<Method> = OnceLock::new();
+        METHODS
+            .get_or_init(known_methods)
+            .get(path.trim_start_matches('/'))
+            .unwrap_or_else(|| UNKNOWN.get_or_init(|| Method::new("unknown", "unknown", "unary")))
+    }
+
+    fn side(&self, side: Side) -> &SideMetrics {
+        match side {
+            Side::Server => &self.server,
+            Side::Client => &self.client,
+        }
+    }
+
+    fn counter<'a>(
+        &self,
+        cell: &'a OnceLock<metrics::Counter>,
+        name: &'static str,
+    ) -> &'a metrics::Counter {
+        cell.get_or_init(|| {
+            metrics::counter!(
+                name,
+                "grpc_type" => self.kind,
+                "grpc_service" => self.service.clone(),
+                "grpc_method" => self.method.clone()
+            )
+        })
+    }
+
+    fn started(&self, side: Side) -> &metrics::Counter {
+        let name = match side {
+            Side::Server => "grpc_server_started_total",
+            Side::Client => "grpc_client_started_total",
+        };
+        self.counter(&self.side(side).started, name)
+    }
+
+    /// Messages of the request: received by a server, sent by a client.
+    fn requests(&self, side: Side) -> &metrics::Counter {
+        let name = match side {
+            Side::Server => "grpc_server_msg_received_total",
+            Side::Client => "grpc_client_msg_sent_total",
+        };
+        self.counter(&self.side(side).requests, name)
+    }
+
+    /// Messages of the response: sent by a server, received by a client.
+    fn responses(&self, side: Side) -> &metrics::Counter {
+        let name = match side {
+            Side::Server => "grpc_server_msg_sent_total",
+            Side::Client => "grpc_client_msg_received_total",
+        };
+        self.counter(&self.side(side).responses, name)
+    }
+
+    /// Records the end of a call with status `code` (its number) after `elapsed`.
+    fn handled(&self, side: Side, code: usize, elapsed: Duration) {
+        let (handled, seconds) = match side {
+            Side::Server => ("grpc_server_handled_total", "grpc_server_handling_seconds"),
+            Side::Client => ("grpc_client_handled_total", "grpc_client_handling_seconds"),
+        };
+        let metrics = self.side(side);
+        let code = code.min(metrics.handled.len() - 1);
+        metrics.handled[code]
+            .get_or_init(|| {
+                metrics::counter!(
+                    handled,
+                    "grpc_type" => self.kind,
+                    "grpc_service" => self.service.clone(),
+                    "grpc_method" => self.method.clone(),
+                    "grpc_code" => CODE_NAMES[code]
+                )
+            })
+            .increment(1);
+        metrics
+            .seconds
+            .get_or_init(|| {
+                metrics::histogram!(
+                    seconds,
+                    "grpc_type" => self.kind,
+                    "grpc_service" => self.service.clone(),
+                    "grpc_method" => self.method.clone()
+                )
+            })
+            .record(elapsed.as_secs_f64());
     }
 }
 
-/// The go-grpc-prometheus `grpc_type` of a method, from the descriptors of the
-/// services jobmesh serves (plus health and reflection); `unary` for a method it
-/// does not know (such a call ends `UNIMPLEMENTED`).
-fn method_type(service: &str, method: &str) -> &'static str {
-    static TYPES: OnceLock<std::collections::HashMap<String, &'static str>> = OnceLock::new();
-    let types = TYPES.get_or_init(|| {
-        use prost::Message as _;
-        let mut types = std::collections::HashMap::new();
-        let set = prost_types::FileDescriptorSet::decode(jobmesh_proto::FILE_DESCRIPTOR_SET)
-            .unwrap_or_default();
-        for file in &set.file {
-            for svc in &file.service {
-                let name = format!("{}.{}", file.package(), svc.name());
-                for m in &svc.method {
-                    let kind = match (m.client_streaming(), m.server_streaming()) {
-                        (false, false) => "unary",
-                        (true, false) => "client_stream",
-                        (false, true) => "server_stream",
-                        (true, true) => "bidi_stream",
-                    };
-                    types.insert(format!("{name}/{}", m.name()), kind);
-                }
+/// Every method jobmesh serves or calls, with its go-grpc-prometheus `grpc_type`,
+/// from the descriptors of its services plus health and reflection.
+fn known_methods() -> std::collections::HashMap<String, Method> {
+    use prost::Message as _;
+    let mut methods = std::collections::HashMap::new();
+    let set = prost_types::FileDescriptorSet::decode(jobmesh_proto::FILE_DESCRIPTOR_SET)
+        .unwrap_or_default();
+    for file in &set.file {
+        for svc in &file.service {
+            let service = format!("{}.{}", file.package(), svc.name());
+            for m in &svc.method {
+                let kind = match (m.client_streaming(), m.server_streaming()) {
+                    (false, false) => "unary",
+                    (true, false) => "client_stream",
+                    (false, true) => "server_stream",
+                    (true, true) => "bidi_stream",
+                };
+                methods.insert(
+                    format!("{service}/{}", m.name()),
+                    Method::new(&service, m.name(), kind),
+                );
             }
         }
-        for (path, kind) in [
-            ("grpc.health.v1.Health/Check", "unary"),
-            ("grpc.health.v1.Health/Watch", "server_stream"),
-            (
-                "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-                "bidi_stream",
-            ),
-            (
-                "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-                "bidi_stream",
-            ),
-        ] {
-            types.insert(path.to_owned(), kind);
-        }
-        types
-    });
-    types
-        .get(&format!("{service}/{method}"))
-        .copied()
-        .unwrap_or("unary")
+    }
+    for (service, method, kind) in [
+        ("grpc.health.v1.Health", "Check", "unary"),
+        ("grpc.health.v1.Health", "Watch", "server_stream"),
+        (
+            "grpc.reflection.v1.ServerReflection",
+            "ServerReflectionInfo",
+            "bidi_stream",
+        ),
+        (
+            "grpc.reflection.v1alpha.ServerReflection",
+            "ServerReflectionInfo",
+            "bidi_stream",
+        ),
+    ] {
+        methods.insert(
+            format!("{service}/{method}"),
+            Method::new(service, method, kind),
+        );
+    }
+    methods
 }
 
 /// Counts the gRPC messages of a body from its data frames, however they are
@@ -463,7 +558,7 @@ impl Messages {
     }
 
     /// `request` with its body's messages counted on `counter`.
-    fn count_in(request: HttpRequest, counter: metrics::Counter) -> HttpRequest {
+    fn count_in(request: HttpRequest, counter: &'static metrics::Counter) -> HttpRequest {
         let (parts, body) = request.into_parts();
         let counted = CountedBody {
             inner: body,
@@ -478,7 +573,7 @@ impl Messages {
 struct CountedBody {
     inner: tonic::body::Body,
     messages: Messages,
-    counter: metrics::Counter,
+    counter: &'static metrics::Counter,
 }
 
 impl http_body::Body for CountedBody {
@@ -513,35 +608,33 @@ fn starts_traces(service: &str) -> bool {
     matches!(service, "jobmesh.v1.JobService" | "jobmesh.v1.TaskService")
 }
 
-fn split_path(path: &str) -> (String, String) {
-    let mut parts = path.trim_start_matches('/').splitn(2, '/');
-    let service = parts.next().unwrap_or_default().to_owned();
-    let method = parts.next().unwrap_or_default().to_owned();
-    (service, method)
-}
+/// The gRPC code names go-grpc-prometheus uses, by code number.
+const CODE_NAMES: [&str; 17] = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
 
-/// The gRPC code names go-grpc-prometheus uses.
-fn code_name(code: &str) -> &'static str {
-    match code {
-        "0" => "OK",
-        "1" => "Canceled",
-        "2" => "Unknown",
-        "3" => "InvalidArgument",
-        "4" => "DeadlineExceeded",
-        "5" => "NotFound",
-        "6" => "AlreadyExists",
-        "7" => "PermissionDenied",
-        "8" => "ResourceExhausted",
-        "9" => "FailedPrecondition",
-        "10" => "Aborted",
-        "11" => "OutOfRange",
-        "12" => "Unimplemented",
-        "13" => "Internal",
-        "14" => "Unavailable",
-        "15" => "DataLoss",
-        "16" => "Unauthenticated",
-        _ => "Unknown",
-    }
+/// The number of a `grpc-status` value; `Unknown` (2) for anything else.
+fn code_number(code: &str) -> usize {
+    code.parse::<usize>()
+        .ok()
+        .filter(|n| *n < CODE_NAMES.len())
+        .unwrap_or(2)
 }
 
 /// Which end of a call a body belongs to.
@@ -549,24 +642,6 @@ fn code_name(code: &str) -> &'static str {
 enum Side {
     Server,
     Client,
-}
-
-impl Side {
-    fn names(self) -> (&'static str, &'static str) {
-        match self {
-            Side::Server => ("grpc_server_handled_total", "grpc_server_handling_seconds"),
-            Side::Client => ("grpc_client_handled_total", "grpc_client_handling_seconds"),
-        }
-    }
-
-    /// The counter of the messages in the response: sent by a server, received
-    /// by a client.
-    fn response_messages(self) -> &'static str {
-        match self {
-            Side::Server => "grpc_server_msg_sent_total",
-            Side::Client => "grpc_client_msg_received_total",
-        }
-    }
 }
 
 /// A channel to another jobmesh service that records the gRPC client metrics of
@@ -592,9 +667,9 @@ impl tower::Service<HttpRequest> for MeteredChannel {
     }
 
     fn call(&mut self, request: HttpRequest) -> Self::Future {
-        let labels = Labels::of(request.uri().path());
-        labels.counter("grpc_client_started_total").increment(1);
-        let request = Messages::count_in(request, labels.counter("grpc_client_msg_sent_total"));
+        let labels = Method::of(request.uri().path());
+        labels.started(Side::Client).increment(1);
+        let request = Messages::count_in(request, labels.requests(Side::Client));
         let started = Instant::now();
         let call = tower::Service::call(&mut self.0, request);
         async move {
@@ -612,7 +687,6 @@ impl tower::Service<HttpRequest> for MeteredChannel {
                         side: Side::Client,
                         inner: tonic::body::Body::empty(),
                         messages: Messages::default(),
-                        counter: labels.counter(Side::Client.response_messages()),
                         labels: Some(labels),
                         started,
                         code: None,
@@ -632,10 +706,9 @@ impl tower::Service<HttpRequest> for MeteredChannel {
 struct MeteredBody {
     side: Side,
     inner: tonic::body::Body,
-    /// The response's messages, counted on `counter`.
+    /// The response's messages (counted on the method's response counter).
     messages: Messages,
-    counter: metrics::Counter,
-    labels: Option<Labels>,
+    labels: Option<&'static Method>,
     started: Instant,
     code: Option<String>,
     span: tracing::Span,
@@ -647,7 +720,7 @@ impl MeteredBody {
     fn wrap(
         side: Side,
         response: HttpResponse,
-        labels: Labels,
+        labels: &'static Method,
         started: Instant,
         span: tracing::Span,
     ) -> HttpResponse {
@@ -661,7 +734,6 @@ impl MeteredBody {
             side,
             inner: body,
             messages: Messages::default(),
-            counter: labels.counter(side.response_messages()),
             labels: Some(labels),
             started,
             code,
@@ -672,27 +744,12 @@ impl MeteredBody {
 
     fn finish(&mut self, code: &str) {
         if let Some(labels) = self.labels.take() {
-            let number: i64 = code.parse().unwrap_or(2);
-            self.span.record("rpc.grpc.status_code", number);
+            let number = code_number(code);
+            self.span.record("rpc.grpc.status_code", number as i64);
             if number != 0 {
                 self.span.record("otel.status_code", "ERROR");
             }
-            let (handled, seconds) = self.side.names();
-            metrics::counter!(
-                handled,
-                "grpc_type" => labels.kind,
-                "grpc_service" => labels.service.clone(),
-                "grpc_method" => labels.method.clone(),
-                "grpc_code" => code_name(code)
-            )
-            .increment(1);
-            metrics::histogram!(
-                seconds,
-                "grpc_type" => labels.kind,
-                "grpc_service" => labels.service,
-                "grpc_method" => labels.method
-            )
-            .record(self.started.elapsed().as_secs_f64());
+            labels.handled(self.side, number, self.started.elapsed());
         }
     }
 }
@@ -710,7 +767,10 @@ impl http_body::Body for MeteredBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let this = &mut *self;
-                    this.counter.increment(this.messages.feed(data));
+                    let started = this.messages.feed(data);
+                    if let Some(labels) = this.labels {
+                        labels.responses(this.side).increment(started);
+                    }
                 }
                 if let Some(trailers) = frame.trailers_ref() {
                     let code = trailers
@@ -754,31 +814,60 @@ mod tests {
     use super::*;
 
     #[test]
-    fn paths_split_into_service_and_method() {
-        assert_eq!(
-            split_path("/jobmesh.v1.JobService/SubmitJob"),
-            ("jobmesh.v1.JobService".to_owned(), "SubmitJob".to_owned())
-        );
-        assert_eq!(code_name("8"), "ResourceExhausted");
-        assert_eq!(code_name("x"), "Unknown");
+    fn methods_and_their_types_come_from_the_descriptors() {
+        for (path, service, method, kind) in [
+            (
+                "/jobmesh.v1.JobService/SubmitJob",
+                "jobmesh.v1.JobService",
+                "SubmitJob",
+                "unary",
+            ),
+            (
+                "/jobmesh.v1.JobService/WatchJob",
+                "jobmesh.v1.JobService",
+                "WatchJob",
+                "server_stream",
+            ),
+            (
+                "/jobmesh.v1.WorkerService/Connect",
+                "jobmesh.v1.WorkerService",
+                "Connect",
+                "bidi_stream",
+            ),
+            (
+                "/jobmesh.internal.v1.JobStoreService/LeaseJob",
+                "jobmesh.internal.v1.JobStoreService",
+                "LeaseJob",
+                "unary",
+            ),
+            (
+                "/grpc.health.v1.Health/Watch",
+                "grpc.health.v1.Health",
+                "Watch",
+                "server_stream",
+            ),
+            // Paths jobmesh does not serve share one label set, whatever a caller sends.
+            ("/jobmesh.v1.JobService/Nope", "unknown", "unknown", "unary"),
+            ("/x/y/z", "unknown", "unknown", "unary"),
+        ] {
+            let m = Method::of(path);
+            assert_eq!(
+                (m.service.as_str(), m.method.as_str(), m.kind),
+                (service, method, kind),
+                "{path}"
+            );
+        }
+        assert!(std::ptr::eq(Method::of("/a/b"), Method::of("/c/d")));
     }
 
     #[test]
-    fn method_types_come_from_the_descriptors() {
-        assert_eq!(method_type("jobmesh.v1.JobService", "SubmitJob"), "unary");
-        assert_eq!(
-            method_type("jobmesh.v1.JobService", "WatchJob"),
-            "server_stream"
-        );
-        assert_eq!(
-            method_type("jobmesh.v1.WorkerService", "Connect"),
-            "bidi_stream"
-        );
-        assert_eq!(
-            method_type("grpc.health.v1.Health", "Watch"),
-            "server_stream"
-        );
-        assert_eq!(method_type("jobmesh.v1.JobService", "Nope"), "unary");
+    fn status_codes_have_their_names() {
+        assert_eq!(CODE_NAMES[code_number("0")], "OK");
+        assert_eq!(CODE_NAMES[code_number("8")], "ResourceExhausted");
+        assert_eq!(CODE_NAMES[code_number("16")], "Unauthenticated");
+        for odd in ["17", "x", "", "-1"] {
+            assert_eq!(CODE_NAMES[code_number(odd)], "Unknown", "{odd:?}");
+        }
     }
 
     #[test]
