@@ -144,7 +144,7 @@ else
         [ "$(basename "$f")" = kustomization.yaml ] || base+=("$f")
     done
     check "kubernetes-validate --strict: base manifests" kubernetes-validate --strict --quiet "${base[@]}"
-    pycheck k8s base deploy/k8s/base/{config,nats,job-store,dispatcher,gateway,worker,ingress}.yaml
+    pycheck k8s base deploy/k8s/base/{config,nats,job-store,dispatcher,gateway,worker,ingress,network-policies}.yaml
 fi
 # Optional manifests use CRDs (KEDA, CloudNativePG, Gateway API, Prometheus Operator)
 # whose schemas are not in kubernetes-validate: they are parsed above and checked for

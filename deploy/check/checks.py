@@ -626,6 +626,9 @@ def pod_spec(obj: dict) -> dict:
 
 
 def selects(selector: dict, labels: dict) -> bool:
+    # matchExpressions are not evaluated: a selector made of them selects nothing here.
+    if selector.get("matchExpressions"):
+        return False
     return all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
 
 
@@ -771,13 +774,20 @@ def check_k8s(flavour: str, files: list[str]) -> None:
         if workload is None:
             bad.append(f"{target}: no workload")
             continue
-        covering = [p for p in policies.values() if selects(p["spec"]["podSelector"], pod_labels(workload))]
+        number = {q.get("name"): q.get("containerPort") for c in pod_spec(workload)["containers"] for q in c.get("ports") or []}.get(port)
+        covering = [
+            p for p in policies.values()
+            if "Ingress" in (p["spec"].get("policyTypes") or ["Ingress"]) and selects(p["spec"]["podSelector"], pod_labels(workload))
+        ]
         if not covering:
-            bad.append(f"{target}: no NetworkPolicy")
+            bad.append(f"{target}: no NetworkPolicy restricts its ingress")
             continue
         for p in covering:
             for rule in p["spec"].get("ingress") or []:
-                if port in {q.get("port") for q in rule.get("ports") or []} and not rule.get("from"):
+                # A rule without ports opens every port; one without peers opens
+                # the port to every pod.
+                ports = {q.get("port") for q in rule.get("ports") or []}
+                if (not ports or port in ports or number in ports) and not rule.get("from"):
                     bad.append(f"{name(p)}: port {port} open to every pod")
     for p in policies.values():
         protected = [d for d in workloads if selects(p["spec"]["podSelector"], pod_labels(d))]

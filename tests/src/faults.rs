@@ -54,7 +54,8 @@ pub fn free_port() -> anyhow::Result<u16> {
 /// Ports for the services of a cluster: below the kernel's ephemeral range (or
 /// above it when that starts low), so that no outgoing connection and no
 /// `bind(0)` takes one between the choice and the service binding it, or while
-/// the service is down for a restart.
+/// the service is down for a restart. (A range that leaves no room on either
+/// side falls back to 20000..32000, inside it.)
 fn service_ports() -> (u16, u16) {
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
@@ -463,7 +464,9 @@ impl Cluster {
     /// Waits until a job submitted through the gateway has run: every service and
     /// a worker are up.
     async fn wait_ready(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Generous: a cluster that runs nothing within this is broken, not slow.
+        const READY_WITHIN: Duration = Duration::from_secs(60);
+        let deadline = Instant::now() + READY_WITHIN;
         let probe = v1::SubmitJobRequest {
             task: "demo.echo".to_owned(),
             ..Default::default()
@@ -493,7 +496,7 @@ impl Cluster {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "the probe job did not run within 30s: {job:?}\ntasks: {}\n{}",
+                    "the probe job did not run within {READY_WITHIN:?}: {job:?}\ntasks: {}\n{}",
                     self.tasks().await,
                     self.logs()
                 );

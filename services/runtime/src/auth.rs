@@ -464,8 +464,14 @@ impl Verifier {
     /// its keys from now on. Returns whether the keys changed. A file that cannot
     /// be read or holds no usable key changes nothing: the keys in use stay.
     pub fn reload(&self) -> Result<bool, SetupError> {
-        let raw = read(self.source.path())?;
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let raw = read(self.source.path())?;
+        self.install(&mut loaded, raw)
+    }
+
+    /// Verifies with the keys in `raw` from now on, unless `raw` is what
+    /// `loaded` already holds.
+    fn install(&self, loaded: &mut Vec<u8>, raw: Vec<u8>) -> Result<bool, SetupError> {
         if *loaded == raw {
             return Ok(false);
         }
@@ -475,8 +481,28 @@ impl Verifier {
         Ok(true)
     }
 
-    /// Reloads the key file every `every` until `shutdown`, logging each change
-    /// and each new problem (the keys in use stay while the file is unusable).
+    /// One check of the key file by the follower: new contents are installed
+    /// only once they read the same on two checks in a row, so a file caught
+    /// half-written (a secret cut short is still a usable secret) is never used.
+    fn settle(&self, pending: &mut Option<Vec<u8>>) -> Result<bool, SetupError> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let raw = read(self.source.path())?;
+        if *loaded == raw {
+            *pending = None;
+            return Ok(false);
+        }
+        if pending.as_ref() != Some(&raw) {
+            self.source.keys(&raw)?;
+            *pending = Some(raw);
+            return Ok(false);
+        }
+        *pending = None;
+        self.install(&mut loaded, raw)
+    }
+
+    /// Checks the key file every `every` until `shutdown`; a change is used once
+    /// it reads the same on two checks in a row. Logs each change and each new
+    /// problem (the keys in use stay while the file is unusable).
     pub async fn follow_key_file(
         self: Arc<Self>,
         every: Duration,
@@ -485,6 +511,7 @@ impl Verifier {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        let pending = Arc::new(Mutex::new(None::<Vec<u8>>));
         let mut last_problem: Option<String> = None;
         loop {
             tokio::select! {
@@ -492,7 +519,12 @@ impl Verifier {
                 _ = tick.tick() => {}
             }
             let verifier = Arc::clone(&self);
-            let outcome = tokio::task::spawn_blocking(move || verifier.reload()).await;
+            let pending = Arc::clone(&pending);
+            let outcome = tokio::task::spawn_blocking(move || {
+                let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
+                verifier.settle(&mut pending)
+            })
+            .await;
             match outcome {
                 Ok(Ok(changed)) => {
                     if changed {
@@ -940,6 +972,34 @@ mod tests {
             .expect("verifier")
             .expect("some");
         (dir, minter, verifier)
+    }
+
+    #[test]
+    fn the_follower_installs_a_new_key_only_once_it_reads_the_same_twice() {
+        let (dir, old_minter, verifier) = setup();
+        let path = dir.path().join("key");
+        let old = old_minter
+            .mint("t", Some("acme"), &scope::USER, Duration::from_secs(60))
+            .expect("mint");
+        let mut pending = None;
+        assert!(!verifier.settle(&mut pending).expect("unchanged"));
+
+        // Caught mid-write: a usable but partial secret, then the whole one.
+        let whole = "0123456789abcdef0123456789abcdef-the-whole-new-secret";
+        std::fs::write(&path, &whole[..40]).expect("write");
+        assert!(!verifier.settle(&mut pending).expect("first sight"));
+        std::fs::write(&path, whole).expect("write");
+        assert!(!verifier.settle(&mut pending).expect("changed again"));
+        assert!(verifier.verify(&old).is_ok(), "the old key is still in use");
+
+        assert!(verifier.settle(&mut pending).expect("the same twice"));
+        let new = Minter::hs256_file(&path)
+            .expect("minter")
+            .mint("t", Some("acme"), &scope::USER, Duration::from_secs(60))
+            .expect("mint");
+        assert!(verifier.verify(&new).is_ok());
+        assert_eq!(verifier.verify(&old).err(), Some(Refusal::Signature));
+        assert!(!verifier.settle(&mut pending).expect("settled"));
     }
 
     mod tempdir {
