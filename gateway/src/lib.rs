@@ -50,7 +50,8 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let verifier = config.auth.verifier()?;
     config.auth.spawn_key_reload(verifier.as_ref(), &shutdown);
-    let shim = rest::Shim::new(&PUBLIC_SERVICES).map_err(|e| RunError::Rest(e.to_string()))?;
+    let shim = rest::Shim::new(&PUBLIC_SERVICES, config.max_inflight)
+        .map_err(|e| RunError::Rest(e.to_string()))?;
     if verifier.is_none() {
         tracing::warn!(
             "AUTHENTICATION IS OFF (--insecure-no-auth): every caller is tenant \"default\" with every scope; never expose this gateway"

@@ -151,6 +151,38 @@ pub(crate) struct Inflight<S> {
 
 use jobmesh_runtime::grpc::{HttpRequest, HttpResponse};
 
+/// The refusal of a call over the gateway's in-flight limit, with a retry hint.
+pub(crate) fn overloaded(limit: usize) -> Status {
+    let mut status = Status::resource_exhausted(format!(
+        "the gateway is overloaded ({limit} calls in flight, its limit); retry with backoff"
+    ));
+    status.metadata_mut().insert(
+        RETRY_AFTER,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    status
+}
+
+/// Reads and drops what a refused caller is still sending (at most
+/// `DRAIN_LIMIT` bytes, for at most `DRAIN_WAIT`, one frame held at a time)
+/// before the refusal goes out: a response sent while the client is still
+/// sending makes HTTP/2 reset the stream, which clients report as a transport
+/// error instead of the refusal.
+pub(crate) async fn drain(body: tonic::body::Body) {
+    use http_body_util::BodyExt as _;
+    let read = async {
+        let mut body = std::pin::pin!(body);
+        let mut seen = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |data| data.len());
+            if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_WAIT, read).await;
+}
+
 impl<S> tower::Service<HttpRequest> for Inflight<S>
 where
     S: tower::Service<HttpRequest, Response = HttpResponse> + Clone + Send + 'static,
@@ -167,24 +199,10 @@ where
 
     fn call(&mut self, request: HttpRequest) -> Self::Future {
         let Ok(permit) = Arc::clone(&self.layer.permits).try_acquire_owned() else {
-            let mut status = Status::resource_exhausted(format!(
-                "the gateway is overloaded ({} calls in flight, its limit); retry with backoff",
-                self.layer.limit
-            ));
-            status.metadata_mut().insert(
-                RETRY_AFTER,
-                tonic::metadata::MetadataValue::from_static("1"),
-            );
-            // Take the (small) request body before answering: a response sent
-            // while the client is still sending makes HTTP/2 reset the stream,
-            // which clients report as a transport error instead of this status.
+            let status = overloaded(self.layer.limit);
             let body = request.into_body();
             return async move {
-                let drain = http_body_util::BodyExt::collect(http_body_util::Limited::new(
-                    body,
-                    DRAIN_LIMIT,
-                ));
-                let _ = tokio::time::timeout(DRAIN_WAIT, drain).await;
+                drain(body).await;
                 Ok(status.into_http())
             }
             .boxed();

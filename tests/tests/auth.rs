@@ -549,3 +549,62 @@ async fn a_rotated_signing_key_takes_effect_without_a_restart() -> anyhow::Resul
     mesh.stop().await;
     Ok(())
 }
+
+/// A REST body counts against the cap while it is read, before its call exists:
+/// a caller that sends its headers and then trickles its body holds a slot, so
+/// a second REST caller is refused at once (its body never buffered), and is
+/// accepted once the slow one has gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_bodies_being_read_count_against_the_cap() -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let mesh = Mesh::start(MeshOptions {
+        gateway: |config| config.max_inflight = 1,
+        ..MeshOptions::default()
+    })
+    .await?;
+    let address = mesh.gateway_url.trim_start_matches("http://").to_owned();
+    let bearer = format!("Bearer {}", mesh.token(TENANT, &scope::USER));
+    let headers = [
+        ("Authorization", bearer.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let mut slow = tokio::net::TcpStream::connect(&address).await?;
+    slow.write_all(
+        format!(
+            "POST /v1/jobs HTTP/1.1\r\nHost: {address}\r\nAuthorization: {bearer}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"task\":",
+        )
+        .as_bytes(),
+    )
+    .await?;
+    slow.flush().await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let body = br#"{"task":"nobody.home","idempotencyKey":"after-the-slow-one"}"#;
+    let reply = request(&address, "POST", "/v1/jobs", &headers, body).await?;
+    assert_eq!(reply.status, 429, "{:?}", reply.json());
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert_eq!(
+        reply.json()?,
+        serde_json::json!({"code": 8, "message": "the gateway is overloaded (1 calls in flight, its limit); retry with backoff", "details": []})
+    );
+    assert_eq!(job_count(&mesh, TENANT).await?, 0, "nothing was created");
+
+    drop(slow);
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = request(&address, "POST", "/v1/jobs", &headers, body).await?;
+        if reply.status == 200 {
+            break;
+        }
+        anyhow::ensure!(
+            reply.status == 429 && std::time::Instant::now() < until,
+            "after the slow caller left: {} {:?}",
+            reply.status,
+            reply.json()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(job_count(&mesh, TENANT).await?, 1);
+    mesh.stop().await;
+    Ok(())
+}

@@ -38,15 +38,26 @@ pub(crate) const OPENAPI_PATH: &str = "/openapi.json";
 pub(crate) struct Shim {
     table: Table,
     openapi: Bytes,
+    /// Request bodies being read and transcoded. A body is read before the call
+    /// reaches the in-flight cap, so the same limit bounds the reads (and the
+    /// memory they hold: at most this many bodies of up to 4 MiB).
+    reads: Arc<tokio::sync::Semaphore>,
+    max_reads: usize,
 }
 
 impl Shim {
-    /// Routes for `services` from the descriptor set built with the code.
-    pub(crate) fn new(services: &[&str]) -> Result<Self, routes::TableError> {
+    /// Routes for `services` from the descriptor set built with the code; at
+    /// most `max_reads` request bodies are read at once.
+    pub(crate) fn new(services: &[&str], max_reads: usize) -> Result<Self, routes::TableError> {
         let pool = DescriptorPool::decode(jobmesh_proto::FILE_DESCRIPTOR_SET)?;
         let table = Table::build(&pool, services)?;
         let openapi = Bytes::from(openapi::document(&table));
-        Ok(Self { table, openapi })
+        Ok(Self {
+            table,
+            openapi,
+            reads: Arc::new(tokio::sync::Semaphore::new(max_reads.max(1))),
+            max_reads: max_reads.max(1),
+        })
     }
 }
 
@@ -167,7 +178,14 @@ where
             ));
         }
     };
-    match transcode(route, bound, request).await {
+    let Ok(reading) = Arc::clone(&shim.reads).try_acquire_owned() else {
+        let status = crate::limits::overloaded(shim.max_reads);
+        crate::limits::drain(request.into_body()).await;
+        return status_response(&status);
+    };
+    let transcoded = transcode(route, bound, request).await;
+    drop(reading);
+    match transcoded {
         Ok((message, metadata)) => call(route, inner, message, metadata, arrived).await,
         Err(refused) => refusal(refused),
     }
