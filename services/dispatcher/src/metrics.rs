@@ -1,7 +1,7 @@
 //! The dispatcher's gauges, sampled: connected workers and free slots per task,
 //! and the JetStream backlog per task (what an autoscaler scales workers on).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +23,17 @@ pub(crate) async fn sample(ctx: Arc<Context>, shutdown: CancellationToken) {
         let Ok(tasks) = crate::grpc::snapshot(&ctx).await else {
             continue;
         };
-        let now: BTreeSet<String> = tasks.iter().map(|t| t.name.clone()).collect();
+        // Summed per label: tasks beyond the label limit share `_other`.
+        let mut by_label: BTreeMap<String, (f64, f64, f64)> = BTreeMap::new();
+        for task in &tasks {
+            let sums = by_label
+                .entry(jobmesh_runtime::metrics::task_label(&task.name))
+                .or_default();
+            sums.0 += f64::from(task.workers);
+            sums.1 += f64::from(task.free_slots);
+            sums.2 += task.queue_depth as f64;
+        }
+        let now: BTreeSet<String> = by_label.keys().cloned().collect();
         // A task that vanished (no workers, no backlog) reads zero, not its last value.
         for gone in seen.difference(&now) {
             for name in [
@@ -34,14 +44,10 @@ pub(crate) async fn sample(ctx: Arc<Context>, shutdown: CancellationToken) {
                 metrics::gauge!(name, "task" => gone.clone()).set(0.0);
             }
         }
-        for task in &tasks {
-            let label = task.name.clone();
-            metrics::gauge!("jobmesh_workers_connected", "task" => label.clone())
-                .set(f64::from(task.workers));
-            metrics::gauge!("jobmesh_worker_slots_free", "task" => label.clone())
-                .set(f64::from(task.free_slots));
-            metrics::gauge!("jobmesh_jetstream_pending", "task" => label)
-                .set(task.queue_depth as f64);
+        for (label, (workers, free, pending)) in by_label {
+            metrics::gauge!("jobmesh_workers_connected", "task" => label.clone()).set(workers);
+            metrics::gauge!("jobmesh_worker_slots_free", "task" => label.clone()).set(free);
+            metrics::gauge!("jobmesh_jetstream_pending", "task" => label).set(pending);
         }
         seen = now;
     }

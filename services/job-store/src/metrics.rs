@@ -6,11 +6,13 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
+use jobmesh_runtime::metrics::task_label;
+
 use crate::model::{Job, State};
 
 /// Counts a job created by a submit (not an idempotent resubmission).
 pub(crate) fn submitted(job: &Job) {
-    metrics::counter!("jobmesh_jobs_submitted_total", "task" => job.task.clone()).increment(1);
+    metrics::counter!("jobmesh_jobs_submitted_total", "task" => task_label(&job.task)).increment(1);
 }
 
 /// Records a job's first attempt starting: how long it waited.
@@ -24,14 +26,14 @@ pub(crate) fn leased(job: &Job) {
     if let Some(started) = job.start_time
         && let Ok(wait) = started.duration_since(ready)
     {
-        metrics::histogram!("jobmesh_job_queue_wait_seconds", "task" => job.task.clone())
+        metrics::histogram!("jobmesh_job_queue_wait_seconds", "task" => task_label(&job.task))
             .record(wait.as_secs_f64());
     }
 }
 
 /// Records a transition's outcome: retries and terminal states.
 pub(crate) fn transitioned(job: &Job) {
-    let task = job.task.clone();
+    let task = task_label(&job.task);
     match job.state {
         State::Queued if job.attempt > 1 => {
             metrics::counter!("jobmesh_job_retries_total", "task" => task).increment(1);

@@ -20,6 +20,32 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+/// Most distinct `task` label values a process records. Task names come from
+/// callers; the first this many get their own series, later ones share
+/// `task="_other"`, so no caller can grow the series (and the memory behind
+/// them) without bound by inventing task names.
+pub const MAX_TASK_LABELS: usize = 1000;
+
+/// The `task` label to record `task` under (see [`MAX_TASK_LABELS`]).
+pub fn task_label(task: &str) -> String {
+    static SEEN: OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> = OnceLock::new();
+    let mut seen = SEEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if seen.contains(task) {
+        return task.to_owned();
+    }
+    if seen.len() < MAX_TASK_LABELS {
+        seen.insert(task.to_owned());
+        return task.to_owned();
+    }
+    OTHER_TASKS.to_owned()
+}
+
+/// The `task` label of the tasks beyond [`MAX_TASK_LABELS`].
+pub const OTHER_TASKS: &str = "_other";
+
 /// Where a service serves `/metrics`.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct MetricsConfig {
@@ -858,6 +884,20 @@ mod tests {
             );
         }
         assert!(std::ptr::eq(Method::of("/a/b"), Method::of("/c/d")));
+    }
+
+    #[test]
+    fn task_labels_are_bounded() {
+        for n in 0..MAX_TASK_LABELS {
+            assert_eq!(task_label(&format!("t.{n}")), format!("t.{n}"));
+        }
+        assert_eq!(task_label("one.more"), OTHER_TASKS);
+        assert_eq!(task_label("and.another"), OTHER_TASKS);
+        assert_eq!(
+            task_label("t.7"),
+            "t.7",
+            "a task seen before keeps its label"
+        );
     }
 
     #[test]
