@@ -212,6 +212,26 @@ impl JobService for Gateway {
         });
         Ok(Response::new(Box::pin(events)))
     }
+
+    type ReadJobLogsStream =
+        Pin<Box<dyn Stream<Item = Result<v1::ReadJobLogsResponse, Status>> + Send>>;
+
+    async fn read_job_logs(
+        &self,
+        _request: Request<v1::ReadJobLogsRequest>,
+    ) -> Result<Response<Self::ReadJobLogsStream>, Status> {
+        Err(Status::unimplemented("ReadJobLogs is not implemented yet"))
+    }
+
+    type WatchJobsStream =
+        Pin<Box<dyn Stream<Item = Result<v1::WatchJobsResponse, Status>> + Send>>;
+
+    async fn watch_jobs(
+        &self,
+        _request: Request<v1::WatchJobsRequest>,
+    ) -> Result<Response<Self::WatchJobsStream>, Status> {
+        Err(Status::unimplemented("WatchJobs is not implemented yet"))
+    }
 }
 
 #[tonic::async_trait]
@@ -241,5 +261,12 @@ impl TaskService for Gateway {
                 })
                 .collect(),
         }))
+    }
+
+    async fn list_workers(
+        &self,
+        _request: Request<v1::ListWorkersRequest>,
+    ) -> Result<Response<v1::ListWorkersResponse>, Status> {
+        Err(Status::unimplemented("ListWorkers is not implemented yet"))
     }
 }

@@ -292,6 +292,7 @@ async fn workers_need_a_worker_token() -> anyhow::Result<()> {
                 worker_id: "intruder".into(),
                 tasks: vec!["demo.echo".into()],
                 slots: 4,
+                ..Default::default()
             })),
         }])
     };

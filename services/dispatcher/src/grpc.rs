@@ -26,6 +26,13 @@ impl DispatcherService for DispatcherGrpc {
         let tasks = snapshot(&self.ctx).await?;
         Ok(Response::new(ListTasksResponse { tasks }))
     }
+
+    async fn list_workers(
+        &self,
+        _request: Request<jobmesh_proto::internal::ListWorkersRequest>,
+    ) -> Result<Response<jobmesh_proto::internal::ListWorkersResponse>, Status> {
+        Err(Status::unimplemented("ListWorkers is not implemented yet"))
+    }
 }
 
 /// Every task this dispatcher knows or JetStream holds messages for: connected

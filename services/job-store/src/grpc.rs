@@ -351,6 +351,33 @@ impl JobStoreService for JobStoreGrpc {
             job: job(&cancelled),
         }))
     }
+
+    async fn append_logs(
+        &self,
+        _request: Request<pb::AppendLogsRequest>,
+    ) -> Result<Response<pb::AppendLogsResponse>, Status> {
+        Err(Status::unimplemented("AppendLogs is not implemented yet"))
+    }
+
+    type ReadJobLogsStream =
+        Pin<Box<dyn Stream<Item = Result<pb::ReadJobLogsResponse, Status>> + Send>>;
+
+    async fn read_job_logs(
+        &self,
+        _request: Request<pb::ReadJobLogsRequest>,
+    ) -> Result<Response<Self::ReadJobLogsStream>, Status> {
+        Err(Status::unimplemented("ReadJobLogs is not implemented yet"))
+    }
+
+    type WatchJobsStream =
+        Pin<Box<dyn Stream<Item = Result<pb::WatchJobsResponse, Status>> + Send>>;
+
+    async fn watch_jobs(
+        &self,
+        _request: Request<pb::WatchJobsRequest>,
+    ) -> Result<Response<Self::WatchJobsStream>, Status> {
+        Err(Status::unimplemented("WatchJobs is not implemented yet"))
+    }
 }
 
 impl JobStoreGrpc {

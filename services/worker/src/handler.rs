@@ -90,6 +90,7 @@ impl JobContext {
             job_id: self.job_id.clone(),
             attempt: self.attempt,
             line: line.into(),
+            ..Default::default()
         });
         let _ = self
             .out

@@ -157,6 +157,7 @@ async fn session(
             worker_id: worker_id.to_owned(),
             tasks: tasks.to_vec(),
             slots: i32::try_from(config.slots).unwrap_or(i32::MAX),
+            ..Default::default()
         })),
     };
     out.send(hello)
