@@ -60,15 +60,97 @@ fn upstream(service: &'static str) -> impl Fn(Status) -> Status {
     }
 }
 
-/// A watch in progress: job-store's stream, what ends it early, and the slot it holds.
-struct WatchState {
-    events: tonic::Streaming<pb::WatchJobResponse>,
+/// How an upstream stream may end early, in the caller's words.
+struct Ends {
+    /// The caller's deadline (`grpc-timeout`) passed.
+    deadline: &'static str,
+    /// The gateway is shutting down.
+    shutdown: &'static str,
+}
+
+const WATCH_ENDS: Ends = Ends {
+    deadline: "the watch reached the caller's deadline; the job goes on, watch it again to follow it",
+    shutdown: "the gateway is shutting down; watch the job again",
+};
+const LOGS_ENDS: Ends = Ends {
+    deadline: "the log stream reached the caller's deadline; read again with after_sequence set to the last sequence received to resume",
+    shutdown: "the gateway is shutting down; read the logs again with after_sequence set to the last sequence received",
+};
+const JOBS_ENDS: Ends = Ends {
+    deadline: "the watch reached the caller's deadline; open it again to go on following",
+    shutdown: "the gateway is shutting down; open the watch again",
+};
+
+/// A stream in progress: the upstream stream, what ends it early, and the slot
+/// it holds.
+struct Proxied<T> {
+    upstream: tonic::Streaming<T>,
     end: Pin<Box<dyn Future<Output = Status> + Send>>,
     done: bool,
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::WatchJobResponse, Status>> + Send>>;
+type Proxy<U> = Pin<Box<dyn Stream<Item = Result<U, Status>> + Send>>;
+
+impl Gateway {
+    /// Relays job-store's stream to the caller, mapping each message; it ends with
+    /// the upstream stream, when the caller's deadline passes (the job goes on), or
+    /// when the gateway starts shutting down (the client opens it again elsewhere).
+    fn relay<T, U>(
+        &self,
+        source: tonic::Streaming<T>,
+        metadata: &tonic::metadata::MetadataMap,
+        slot: tokio::sync::OwnedSemaphorePermit,
+        ends: &'static Ends,
+        map: fn(T) -> U,
+    ) -> Proxy<U>
+    where
+        T: Send + 'static,
+        U: Send + 'static,
+    {
+        let deadline = jobmesh_runtime::grpc::deadline(metadata);
+        let shutdown = self.shutdown.clone();
+        let end: Pin<Box<dyn Future<Output = Status> + Send>> = Box::pin(async move {
+            let expiry = async {
+                match deadline {
+                    Some(after) => tokio::time::sleep(after).await,
+                    None => futures::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => Status::unavailable(ends.shutdown),
+                () = expiry => Status::deadline_exceeded(ends.deadline),
+            }
+        });
+        let state = Proxied {
+            upstream: source,
+            end,
+            done: false,
+            _slot: slot,
+        };
+        Box::pin(futures::stream::unfold(
+            state,
+            move |mut state| async move {
+                if state.done {
+                    return None;
+                }
+                tokio::select! {
+                    item = state.upstream.next() => match item? {
+                        Ok(message) => Some((Ok(map(message)), state)),
+                        Err(status) => {
+                            state.done = true;
+                            Some((Err(upstream("job-store")(status)), state))
+                        }
+                    },
+                    status = &mut state.end => {
+                        state.done = true;
+                        Some((Err(status), state))
+                    }
+                }
+            },
+        ))
+    }
+}
 
 #[tonic::async_trait]
 impl JobService for Gateway {
@@ -147,7 +229,7 @@ impl JobService for Gateway {
         Ok(Response::new(v1::CancelJobResponse { job: response.job }))
     }
 
-    type WatchJobStream = WatchStream;
+    type WatchJobStream = Proxy<v1::WatchJobResponse>;
 
     async fn watch_job(
         &self,
@@ -165,72 +247,68 @@ impl JobService for Gateway {
             .await
             .map_err(upstream("job-store"))?
             .into_inner();
-        // The stream ends after the job's terminal state, when the caller's
-        // deadline passes (grpc-timeout; the job goes on), or when the gateway
-        // starts shutting down (the client re-watches elsewhere).
-        let deadline = jobmesh_runtime::grpc::deadline(request.metadata());
-        let shutdown = self.shutdown.clone();
-        let end: Pin<Box<dyn Future<Output = Status> + Send>> = Box::pin(async move {
-            let expiry = async {
-                match deadline {
-                    Some(after) => tokio::time::sleep(after).await,
-                    None => futures::future::pending().await,
-                }
-            };
-            tokio::select! {
-                () = shutdown.cancelled() => Status::unavailable(
-                    "the gateway is shutting down; watch the job again",
-                ),
-                () = expiry => Status::deadline_exceeded(
-                    "the watch reached the caller's deadline; the job goes on, watch it again to follow it",
-                ),
-            }
-        });
-        let state = WatchState {
-            events: stream,
-            end,
-            done: false,
-            _slot: slot,
-        };
-        let events = futures::stream::unfold(state, |mut state| async move {
-            if state.done {
-                return None;
-            }
-            tokio::select! {
-                item = state.events.next() => match item? {
-                    Ok(event) => Some((Ok(v1::WatchJobResponse { job: event.job }), state)),
-                    Err(status) => {
-                        state.done = true;
-                        Some((Err(upstream("job-store")(status)), state))
-                    }
-                },
-                status = &mut state.end => {
-                    state.done = true;
-                    Some((Err(status), state))
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(events)))
+        Ok(Response::new(self.relay(
+            stream,
+            request.metadata(),
+            slot,
+            &WATCH_ENDS,
+            |event| v1::WatchJobResponse { job: event.job },
+        )))
     }
 
-    type ReadJobLogsStream =
-        Pin<Box<dyn Stream<Item = Result<v1::ReadJobLogsResponse, Status>> + Send>>;
+    type ReadJobLogsStream = Proxy<v1::ReadJobLogsResponse>;
 
     async fn read_job_logs(
         &self,
-        _request: Request<v1::ReadJobLogsRequest>,
+        request: Request<v1::ReadJobLogsRequest>,
     ) -> Result<Response<Self::ReadJobLogsStream>, Status> {
-        Err(Status::unimplemented("ReadJobLogs is not implemented yet"))
+        let tenant = self.authorize(&request, scope::READ)?;
+        let read = validate::read_logs(&tenant, request.get_ref().clone())?;
+        jobmesh_runtime::trace::record_job(&read.job_id, None, None);
+        let slot = self.watches.acquire()?;
+        let stream = self
+            .job_store_streaming
+            .clone()
+            .read_job_logs(forward(request.metadata(), read))
+            .await
+            .map_err(upstream("job-store"))?
+            .into_inner();
+        Ok(Response::new(self.relay(
+            stream,
+            request.metadata(),
+            slot,
+            &LOGS_ENDS,
+            |line| v1::ReadJobLogsResponse { entry: line.entry },
+        )))
     }
 
-    type WatchJobsStream =
-        Pin<Box<dyn Stream<Item = Result<v1::WatchJobsResponse, Status>> + Send>>;
+    type WatchJobsStream = Proxy<v1::WatchJobsResponse>;
 
     async fn watch_jobs(
         &self,
-        _request: Request<v1::WatchJobsRequest>,
+        request: Request<v1::WatchJobsRequest>,
     ) -> Result<Response<Self::WatchJobsStream>, Status> {
-        Err(Status::unimplemented("WatchJobs is not implemented yet"))
+        let tenant = self.authorize(&request, scope::READ)?;
+        let watch = validate::watch_jobs(&tenant, request.get_ref().clone())?;
+        let slot = self.watches.acquire()?;
+        let stream = self
+            .job_store_streaming
+            .clone()
+            .watch_jobs(forward(request.metadata(), watch))
+            .await
+            .map_err(upstream("job-store"))?
+            .into_inner();
+        Ok(Response::new(self.relay(
+            stream,
+            request.metadata(),
+            slot,
+            &JOBS_ENDS,
+            |change| v1::WatchJobsResponse {
+                job: change.job,
+                skipped_changes: change.skipped_changes,
+                dropped_changes: change.dropped_changes,
+            },
+        )))
     }
 }
 
@@ -265,8 +343,18 @@ impl TaskService for Gateway {
 
     async fn list_workers(
         &self,
-        _request: Request<v1::ListWorkersRequest>,
+        request: Request<v1::ListWorkersRequest>,
     ) -> Result<Response<v1::ListWorkersResponse>, Status> {
-        Err(Status::unimplemented("ListWorkers is not implemented yet"))
+        self.authorize(&request, scope::WORKERS_READ)?;
+        let response = self
+            .dispatcher
+            .clone()
+            .list_workers(forward(request.metadata(), pb::ListWorkersRequest {}))
+            .await
+            .map_err(upstream("dispatcher"))?
+            .into_inner();
+        Ok(Response::new(v1::ListWorkersResponse {
+            workers: response.workers,
+        }))
     }
 }

@@ -267,6 +267,73 @@ fn nul_in_value(value: &prost_types::Value, path: &str) -> Option<String> {
     }
 }
 
+/// `key=value` label filters as a map, each checked like a job's labels.
+fn label_filter(entries: &[String]) -> Result<HashMap<String, String>, Status> {
+    let mut filter = HashMap::with_capacity(entries.len());
+    for entry in entries {
+        let (key, value) = entry
+            .split_once('=')
+            .ok_or_else(|| invalid("labels", format!("{entry:?} is not written key=value")))?;
+        filter.insert(key.to_owned(), value.to_owned());
+    }
+    labels("labels", &filter)?;
+    Ok(filter)
+}
+
+fn state_filter(state: i32) -> Result<(), Status> {
+    if v1::JobState::try_from(state).is_err() {
+        return Err(invalid("state", format!("{state} is not a JobState")));
+    }
+    Ok(())
+}
+
+/// A ReadJobLogs request turned into job-store's for `tenant`.
+pub(crate) fn read_logs(
+    tenant: &str,
+    r: v1::ReadJobLogsRequest,
+) -> Result<pb::ReadJobLogsRequest, Status> {
+    let job_id = job_id(&r.job_id)?;
+    if r.attempt < 0 {
+        return Err(invalid(
+            "attempt",
+            format!("{} is negative; use 0 for every attempt", r.attempt),
+        ));
+    }
+    if r.after_sequence < 0 {
+        return Err(invalid(
+            "after_sequence",
+            format!(
+                "{} is negative; use 0 to read from the first line",
+                r.after_sequence
+            ),
+        ));
+    }
+    Ok(pb::ReadJobLogsRequest {
+        tenant: tenant.to_owned(),
+        job_id,
+        attempt: r.attempt,
+        after_sequence: r.after_sequence,
+        follow: r.follow,
+    })
+}
+
+/// A WatchJobs request turned into job-store's for `tenant`.
+pub(crate) fn watch_jobs(
+    tenant: &str,
+    r: v1::WatchJobsRequest,
+) -> Result<pb::WatchJobsRequest, Status> {
+    if !r.task.is_empty() {
+        task(&r.task)?;
+    }
+    state_filter(r.state)?;
+    Ok(pb::WatchJobsRequest {
+        tenant: tenant.to_owned(),
+        labels: label_filter(&r.labels)?,
+        task: r.task,
+        state: r.state,
+    })
+}
+
 /// A ListJobs request turned into job-store's ListJobs for `tenant`.
 pub(crate) fn list(tenant: &str, r: v1::ListJobsRequest) -> Result<pb::ListJobsRequest, Status> {
     let page_size = match r.page_size {
@@ -277,17 +344,8 @@ pub(crate) fn list(tenant: &str, r: v1::ListJobsRequest) -> Result<pb::ListJobsR
     if !r.task.is_empty() {
         task(&r.task)?;
     }
-    if v1::JobState::try_from(r.state).is_err() {
-        return Err(invalid("state", format!("{} is not a JobState", r.state)));
-    }
-    let mut filter = HashMap::with_capacity(r.labels.len());
-    for entry in &r.labels {
-        let (key, value) = entry
-            .split_once('=')
-            .ok_or_else(|| invalid("labels", format!("{entry:?} is not written key=value")))?;
-        filter.insert(key.to_owned(), value.to_owned());
-    }
-    labels("labels", &filter)?;
+    state_filter(r.state)?;
+    let filter = label_filter(&r.labels)?;
     Ok(pb::ListJobsRequest {
         tenant: tenant.to_owned(),
         page_size,

@@ -59,6 +59,8 @@ pub struct MeshOptions {
     pub lease_ms: u64,
     /// Gateway settings applied on top of the test defaults (limits).
     pub gateway: fn(&mut jobmesh_gateway::Config),
+    /// job-store settings applied on top of the test defaults (log limits).
+    pub store: fn(&mut jobmesh_job_store::Config),
 }
 
 impl Default for MeshOptions {
@@ -67,6 +69,7 @@ impl Default for MeshOptions {
             workers: vec![WorkerSpec::builtin("worker-1", 8)],
             lease_ms: 15_000,
             gateway: |_| {},
+            store: |_| {},
         }
     }
 }
@@ -142,10 +145,11 @@ impl Mesh {
         let minter = Arc::new(Minter::hs256_file(&key_file)?);
         let auth_config = auth::AuthConfig::hs256_file(&key_file);
 
-        let store_config = jobmesh_job_store::Config::new(
+        let mut store_config = jobmesh_job_store::Config::new(
             format!("{}/{database}", postgres_server()),
             nats.clone(),
         );
+        (options.store)(&mut store_config);
         let store_task = tokio::spawn(jobmesh_job_store::run(
             store_config,
             store_listener,
@@ -267,6 +271,11 @@ impl Mesh {
     /// A client of the public task API, as a user of [`TENANT`].
     pub fn tasks(&self) -> TaskServiceClient<AuthChannel> {
         self.tasks_with(Some(&self.token(TENANT, &scope::USER)))
+    }
+
+    /// A token for [`TENANT`] that may also see the connected workers.
+    pub fn operator_token(&self) -> String {
+        self.token(TENANT, &[scope::READ, scope::WORKERS_READ])
     }
 
     /// A client of the public task API sending `token` (or none).

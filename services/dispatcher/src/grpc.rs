@@ -5,13 +5,20 @@ use std::sync::Arc;
 
 use futures::{StreamExt as _, TryStreamExt as _};
 use jobmesh_proto::internal::dispatcher_service_server::DispatcherService;
-use jobmesh_proto::internal::{ListTasksRequest, ListTasksResponse, TaskCapacity};
+use jobmesh_proto::internal::{
+    ListTasksRequest, ListTasksResponse, ListWorkersRequest, ListWorkersResponse, TaskCapacity,
+};
+use jobmesh_proto::v1::WorkerInfo;
 use tonic::{Request, Response, Status};
 
 use crate::Context;
 
 /// Most subjects read from the stream when computing queue depths.
 const MAX_SUBJECTS: usize = 10_000;
+/// Most workers one ListWorkers answer shows, and held jobs shown per worker
+/// (so that the answer stays far under the message limit).
+const MAX_WORKERS_SHOWN: usize = 1000;
+const MAX_HELD_SHOWN: usize = 100;
 
 pub(crate) struct DispatcherGrpc {
     pub(crate) ctx: Arc<Context>,
@@ -29,9 +36,30 @@ impl DispatcherService for DispatcherGrpc {
 
     async fn list_workers(
         &self,
-        _request: Request<jobmesh_proto::internal::ListWorkersRequest>,
-    ) -> Result<Response<jobmesh_proto::internal::ListWorkersResponse>, Status> {
-        Err(Status::unimplemented("ListWorkers is not implemented yet"))
+        _request: Request<ListWorkersRequest>,
+    ) -> Result<Response<ListWorkersResponse>, Status> {
+        let (views, in_use) = self.ctx.registry.workers(MAX_HELD_SHOWN);
+        let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+        let workers = views
+            .into_iter()
+            .zip(in_use)
+            .take(MAX_WORKERS_SHOWN)
+            .map(|(w, used)| WorkerInfo {
+                worker_id: w.worker_id,
+                tasks: w.tasks,
+                slots: count(w.slots),
+                slots_in_use: count(used),
+                free_slots: count(w.slots.saturating_sub(used)),
+                job_ids: w.held,
+                connect_time: Some(w.connect_time.into()),
+                last_seen_time: Some(w.last_seen.into()),
+                name: w.about.name,
+                version: w.about.version,
+                host: w.about.host,
+                labels: w.about.labels.into_iter().collect(),
+            })
+            .collect();
+        Ok(Response::new(ListWorkersResponse { workers }))
     }
 }
 

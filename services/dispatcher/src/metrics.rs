@@ -52,3 +52,9 @@ pub(crate) async fn sample(ctx: Arc<Context>, shutdown: CancellationToken) {
         seen = now;
     }
 }
+
+/// Counts log lines a worker sent that were not stored: for an attempt it does
+/// not hold (`not_held`), or while job-store was unreachable (`unavailable`).
+pub(crate) fn log_lines_refused(reason: &'static str, lines: u64) {
+    metrics::counter!("jobmesh_log_lines_dropped_total", "reason" => reason).increment(lines);
+}

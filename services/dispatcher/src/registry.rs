@@ -3,7 +3,9 @@
 //! is never sent more attempts than it has slots.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jobmesh_proto::v1::ConnectResponse;
 use tokio::sync::{Notify, mpsc};
@@ -14,10 +16,52 @@ pub(crate) type Attempt = (String, i32);
 /// Identifies one worker session on this dispatcher.
 pub(crate) type SessionId = u64;
 
+/// What a worker said about itself, and when its session opened.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct About {
+    pub(crate) name: String,
+    pub(crate) version: String,
+    pub(crate) host: String,
+    pub(crate) labels: std::collections::BTreeMap<String, String>,
+}
+
+/// When a session last heard from its worker, in milliseconds since the Unix
+/// epoch; updated by the session on every message, without the registry lock.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LastSeen(Arc<AtomicU64>);
+
+impl LastSeen {
+    pub(crate) fn touch(&self) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.0.store(now, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// A connected worker as ListWorkers shows it.
+#[derive(Clone, Debug)]
+pub(crate) struct WorkerView {
+    pub(crate) worker_id: String,
+    pub(crate) tasks: Vec<String>,
+    pub(crate) slots: usize,
+    pub(crate) held: Vec<String>,
+    pub(crate) connect_time: SystemTime,
+    pub(crate) last_seen: SystemTime,
+    pub(crate) about: About,
+}
+
 struct Worker {
     worker_id: String,
     tasks: Vec<String>,
     slots: usize,
+    about: About,
+    connect_time: SystemTime,
+    last_seen: LastSeen,
     /// Attempts on this worker: `false` while the lease is being asked for,
     /// `true` once job-store recorded it.
     held: HashMap<Attempt, bool>,
@@ -64,8 +108,11 @@ impl Registry {
         worker_id: String,
         tasks: Vec<String>,
         slots: usize,
+        about: About,
         tx: mpsc::Sender<ConnectResponse>,
-    ) -> SessionId {
+    ) -> (SessionId, LastSeen) {
+        let last_seen = LastSeen::default();
+        last_seen.touch();
         let mut inner = self.lock();
         inner.next_session += 1;
         let session = inner.next_session;
@@ -78,12 +125,45 @@ impl Registry {
                 worker_id,
                 tasks: tasks.clone(),
                 slots,
+                about,
+                connect_time: SystemTime::now(),
+                last_seen: last_seen.clone(),
                 held: HashMap::new(),
                 tx,
             },
         );
         notify_tasks(&inner, &tasks);
-        session
+        (session, last_seen)
+    }
+
+    /// Every connected worker, sorted by worker id, with at most `max_held` of the
+    /// attempts each holds.
+    pub(crate) fn workers(&self, max_held: usize) -> (Vec<WorkerView>, Vec<usize>) {
+        let inner = self.lock();
+        let mut views: Vec<(WorkerView, usize)> = inner
+            .workers
+            .values()
+            .map(|w| {
+                let mut held: Vec<String> = w.held.keys().map(|(id, _)| id.clone()).collect();
+                held.sort();
+                let in_use = held.len();
+                held.truncate(max_held);
+                (
+                    WorkerView {
+                        worker_id: w.worker_id.clone(),
+                        tasks: w.tasks.clone(),
+                        slots: w.slots,
+                        held,
+                        connect_time: w.connect_time,
+                        last_seen: w.last_seen.get(),
+                        about: w.about.clone(),
+                    },
+                    in_use,
+                )
+            })
+            .collect();
+        views.sort_by(|a, b| a.0.worker_id.cmp(&b.0.worker_id));
+        views.into_iter().unzip()
     }
 
     /// Removes a session; returns the attempts it still held.
@@ -230,8 +310,16 @@ mod tests {
     fn never_reserves_more_than_the_slots() {
         let registry = Registry::default();
         let (tx, _rx) = mpsc::channel(8);
-        let a = registry.register("a".into(), vec!["t".into(), "u".into()], 2, tx.clone());
-        let _b = registry.register("b".into(), vec!["t".into()], 1, tx);
+        let a = registry
+            .register(
+                "a".into(),
+                vec!["t".into(), "u".into()],
+                2,
+                About::default(),
+                tx.clone(),
+            )
+            .0;
+        let _b = registry.register("b".into(), vec!["t".into()], 1, About::default(), tx);
         let mut slots = Vec::new();
         for n in 0..5 {
             if let Some(slot) = registry.reserve("t", &(format!("job{n}"), 1)) {

@@ -8,13 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
+use std::time::SystemTime;
+
 use jobmesh_proto::internal::{
-    CompleteJobRequest, ConfirmCancelRequest, FailJobRequest, JobAttempt, ReportProgressRequest,
+    AppendLogsRequest, CompleteJobRequest, ConfirmCancelRequest, FailJobRequest, JobAttempt,
+    LogBatch, LogLine, ReportProgressRequest,
 };
 use jobmesh_proto::v1::worker_service_server::WorkerService;
 use jobmesh_proto::v1::{
-    ConnectRequest, ConnectResponse, JobCancellation, WorkerHello, WorkerWelcome, connect_request,
-    connect_response,
+    ConnectRequest, ConnectResponse, JobCancellation, JobLog, WorkerHello, WorkerWelcome,
+    connect_request, connect_response,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -23,7 +26,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use jobmesh_runtime::grpc::traced_in;
 
 use crate::Context;
-use crate::registry::SessionId;
+use crate::registry::{About, LastSeen, SessionId};
 
 /// How long a new stream may take to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,8 +41,21 @@ const MAX_SLOTS: i32 = 10_000;
 const LANES: usize = 32;
 /// Reports buffered per lane before the worker's stream is read more slowly.
 const LANE_BUFFER: usize = 64;
-/// Longest progress message and log line kept.
+/// Longest progress message kept (bytes) and log line kept (characters).
 const MAX_TEXT: usize = 4096;
+/// Longest worker name and version, and host, in characters.
+const MAX_ABOUT: usize = 128;
+const MAX_HOST: usize = 256;
+/// Most labels of a worker, longest key and value.
+const MAX_LABELS: usize = 64;
+const MAX_LABEL_KEY: usize = 63;
+const MAX_LABEL_VALUE: usize = 256;
+/// Most lines and bytes forwarded to job-store in one AppendLogs call (its
+/// limits); a lane's lines are sent when either would be passed.
+const LOG_BATCH_LINES: usize = 1024;
+const LOG_BATCH_BYTES: usize = 1024 * 1024;
+/// What replaces the worker's own token in a line.
+const REDACTED: &str = "[redacted jobmesh token]";
 
 pub(crate) struct WorkerGrpc {
     pub(crate) ctx: Arc<Context>,
@@ -76,7 +92,52 @@ fn validate_hello(hello: &WorkerHello) -> Result<(), Status> {
             hello.slots
         )));
     }
+    for (field, value, max) in [
+        ("hello.name", &hello.name, MAX_ABOUT),
+        ("hello.version", &hello.version, MAX_ABOUT),
+        ("hello.host", &hello.host, MAX_HOST),
+    ] {
+        if value.chars().count() > max {
+            return Err(Status::invalid_argument(format!(
+                "{field}: {} characters exceed the limit of {max}",
+                value.chars().count()
+            )));
+        }
+    }
+    if hello.labels.len() > MAX_LABELS {
+        return Err(Status::invalid_argument(format!(
+            "hello.labels: {} labels exceed the limit of {MAX_LABELS}",
+            hello.labels.len()
+        )));
+    }
+    for (key, value) in &hello.labels {
+        let key_ok = (1..=MAX_LABEL_KEY).contains(&key.len())
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b));
+        if !key_ok {
+            return Err(Status::invalid_argument(format!(
+                "hello.labels: key {key:?} must be 1 to {MAX_LABEL_KEY} letters, digits, '.', '_', '/' or '-'"
+            )));
+        }
+        if value.chars().count() > MAX_LABEL_VALUE {
+            return Err(Status::invalid_argument(format!(
+                "hello.labels: value of {key:?} exceeds {MAX_LABEL_VALUE} characters"
+            )));
+        }
+    }
     Ok(())
+}
+
+/// The bearer token a worker presented, to keep it out of the lines it sends.
+fn presented_token(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    let value = metadata.get("authorization")?.to_str().ok()?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?
+        .trim();
+    // Too short to be a token we issued; replacing it would mangle lines.
+    (token.len() >= 16).then(|| token.to_owned())
 }
 
 #[tonic::async_trait]
@@ -88,6 +149,7 @@ impl WorkerService for WorkerGrpc {
         request: Request<Streaming<ConnectRequest>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         self.auth.authenticate(request.metadata())?;
+        let token = presented_token(request.metadata());
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -121,15 +183,29 @@ impl WorkerService for WorkerGrpc {
         tx.send(welcome)
             .await
             .map_err(|_| Status::unavailable("worker stream closed"))?;
-        let session =
-            self.ctx
-                .registry
-                .register(worker_id.clone(), hello.tasks.clone(), slots, tx.clone());
+        let about = About {
+            name: hello.name.clone(),
+            version: hello.version.clone(),
+            host: hello.host.clone(),
+            labels: hello.labels.clone().into_iter().collect(),
+        };
+        let (session, last_seen) = self.ctx.registry.register(
+            worker_id.clone(),
+            hello.tasks.clone(),
+            slots,
+            about,
+            tx.clone(),
+        );
         self.ctx.ensure_consumers(&hello.tasks);
         tracing::info!(worker_id, tasks = ?hello.tasks, slots, "worker connected");
         let ctx = Arc::clone(&self.ctx);
         self.ctx.tracker.spawn(async move {
-            serve_session(&ctx, session, &worker_id, inbound, tx, slots).await;
+            let peer = Peer {
+                session,
+                last_seen,
+                token,
+            };
+            serve_session(&ctx, peer, &worker_id, inbound, tx, slots).await;
         });
         Ok(Response::new(Box::pin(futures::StreamExt::map(
             ReceiverStream::new(rx),
@@ -146,7 +222,8 @@ fn job_of(message: &connect_request::Message) -> Option<&str> {
         M::Succeeded(s) => Some(&s.job_id),
         M::Failed(f) => Some(&f.job_id),
         M::Cancelled(c) => Some(&c.job_id),
-        M::Hello(_) | M::Heartbeat(_) | M::Log(_) => None,
+        M::Log(l) => Some(&l.job_id),
+        M::Hello(_) | M::Heartbeat(_) => None,
     }
 }
 
@@ -158,9 +235,17 @@ fn lane_of(job_id: &str, lanes: usize) -> usize {
     (hash % lanes as u64) as usize
 }
 
+/// One worker session as its reports are handled.
+struct Peer {
+    session: SessionId,
+    last_seen: LastSeen,
+    /// The worker's bearer token, replaced in its log lines.
+    token: Option<String>,
+}
+
 async fn serve_session(
     ctx: &Arc<Context>,
-    session: SessionId,
+    peer: Peer,
     worker_id: &str,
     mut inbound: Streaming<ConnectRequest>,
     tx: mpsc::Sender<ConnectResponse>,
@@ -169,16 +254,39 @@ async fn serve_session(
     // Reports of one job are forwarded in order (same lane); reports of different
     // jobs go through up to LANES lanes at once, so one slow write does not hold
     // back every other job of the worker.
+    let session = peer.session;
+    let token: Option<Arc<str>> = peer.token.map(Arc::from);
     let lanes_count = slots.clamp(1, LANES);
     let lane_tasks = tokio_util::task::TaskTracker::new();
     let mut lanes = Vec::with_capacity(lanes_count);
     for _ in 0..lanes_count {
-        let (lane_tx, mut lane_rx) = mpsc::channel::<connect_request::Message>(LANE_BUFFER);
+        let (lane_tx, mut lane_rx) =
+            mpsc::channel::<(connect_request::Message, SystemTime)>(LANE_BUFFER);
         let ctx = Arc::clone(ctx);
         let tx = tx.clone();
+        let mut logs = LogBuffer::new(token.clone());
         lane_tasks.spawn(async move {
-            while let Some(message) = lane_rx.recv().await {
-                handle(&ctx, session, &tx, message).await;
+            // Log lines waiting in the lane go to job-store together; a job's
+            // lines are stored before any later report of the job is handled, so
+            // its last lines are in before its outcome ends it.
+            while let Some(first) = lane_rx.recv().await {
+                let mut next = Some(first);
+                while let Some((message, received)) = next.take() {
+                    match message {
+                        connect_request::Message::Log(log) => {
+                            if !logs.fits(&log) {
+                                logs.flush(&ctx, session, &tx).await;
+                            }
+                            logs.push(&ctx, session, log, received);
+                        }
+                        other => {
+                            logs.flush(&ctx, session, &tx).await;
+                            handle(&ctx, session, &tx, other).await;
+                        }
+                    }
+                    next = lane_rx.try_recv().ok();
+                }
+                logs.flush(&ctx, session, &tx).await;
             }
         });
         lanes.push(lane_tx);
@@ -196,12 +304,19 @@ async fn serve_session(
             }
             message = inbound.message() => message,
         };
+        if matches!(message, Ok(Some(_))) {
+            peer.last_seen.touch();
+        }
         match message {
             Ok(Some(ConnectRequest {
                 message: Some(message),
             })) => match job_of(&message).map(|job| lane_of(job, lanes.len())) {
                 Some(lane) => {
-                    if lanes[lane].send(message).await.is_err() {
+                    if lanes[lane]
+                        .send((message, SystemTime::now()))
+                        .await
+                        .is_err()
+                    {
                         break "a report lane stopped".to_owned();
                     }
                 }
@@ -259,13 +374,7 @@ async fn handle(
             tracing::warn!("ignoring a second hello on a worker stream");
             return;
         }
-        M::Heartbeat(_) => return,
-        M::Log(log) => {
-            if ctx.registry.holds(session, &key(&log.job_id, log.attempt)) {
-                tracing::info!(job_id = %log.job_id, attempt = log.attempt, line = %truncate(log.line), "job log");
-            }
-            return;
-        }
+        M::Heartbeat(_) | M::Log(_) => return,
         M::Progress(p) => {
             let request = ReportProgressRequest {
                 attempt: Some(JobAttempt {
@@ -343,6 +452,132 @@ async fn handle(
             tracing::warn!(job_id, attempt, %status, "outcome not recorded; the job re-runs after its lease");
             ctx.registry.release(session, &attempt_key);
         }
+    }
+}
+
+/// Log lines of one lane waiting to go to job-store, grouped by attempt in the
+/// order they arrived.
+struct LogBuffer {
+    batches: Vec<LogBatch>,
+    lines: usize,
+    bytes: usize,
+    token: Option<Arc<str>>,
+}
+
+impl LogBuffer {
+    fn new(token: Option<Arc<str>>) -> Self {
+        Self {
+            batches: Vec::new(),
+            lines: 0,
+            bytes: 0,
+            token,
+        }
+    }
+
+    /// Whether one more line fits in this call's limits.
+    fn fits(&self, log: &JobLog) -> bool {
+        self.lines < LOG_BATCH_LINES
+            && self.bytes + log.line.len().min(4 * MAX_TEXT) <= LOG_BATCH_BYTES
+    }
+
+    /// Adds a line of an attempt the worker holds; other lines are dropped (and
+    /// counted): a worker speaks only for what it was given.
+    fn push(&mut self, ctx: &Context, session: SessionId, log: JobLog, received: SystemTime) {
+        if !ctx.registry.holds(session, &key(&log.job_id, log.attempt)) {
+            crate::metrics::log_lines_refused("not_held", 1);
+            return;
+        }
+        let stream = log.stream;
+        let (text, truncated) = clean_line(log.line, self.token.as_deref());
+        self.lines += 1;
+        self.bytes += text.len();
+        let line = LogLine {
+            time: Some(received.into()),
+            stream,
+            line: text,
+            truncated,
+        };
+        match self.batches.last_mut() {
+            Some(batch)
+                if batch
+                    .attempt
+                    .as_ref()
+                    .is_some_and(|a| a.job_id == log.job_id && a.attempt == log.attempt) =>
+            {
+                batch.lines.push(line);
+            }
+            _ => self.batches.push(LogBatch {
+                attempt: Some(JobAttempt {
+                    job_id: log.job_id,
+                    attempt: log.attempt,
+                }),
+                lines: vec![line],
+            }),
+        }
+    }
+
+    /// Stores the waiting lines. Lines job-store refuses belong to an attempt
+    /// that is no longer running: the worker is told to stop it, as for any
+    /// other stale report.
+    async fn flush(
+        &mut self,
+        ctx: &Context,
+        session: SessionId,
+        tx: &mpsc::Sender<ConnectResponse>,
+    ) {
+        if self.batches.is_empty() {
+            return;
+        }
+        let batches = std::mem::take(&mut self.batches);
+        let lines = std::mem::take(&mut self.lines);
+        self.bytes = 0;
+        match ctx
+            .job_store()
+            .append_logs(AppendLogsRequest { batches })
+            .await
+        {
+            Ok(response) => {
+                for refused in response.into_inner().refused {
+                    let attempt_key = key(&refused.job_id, refused.attempt);
+                    if ctx.registry.holds(session, &attempt_key) {
+                        tracing::warn!(job_id = %refused.job_id, attempt = refused.attempt, "log lines of a stale attempt refused");
+                        ctx.registry.release(session, &attempt_key);
+                        let _ = tx.try_send(cancellation(
+                            &refused.job_id,
+                            refused.attempt,
+                            "the attempt is no longer running; its log lines were refused",
+                        ));
+                    }
+                }
+            }
+            Err(status) => {
+                crate::metrics::log_lines_refused("unavailable", lines as u64);
+                tracing::warn!(lines, %status, "log lines not stored");
+            }
+        }
+    }
+}
+
+/// A line as stored: without its line break, at most `MAX_TEXT` characters
+/// (and whether it was cut), with the worker's own token replaced.
+fn clean_line(mut line: String, token: Option<&str>) -> (String, bool) {
+    if line.ends_with('\n') {
+        line.pop();
+        if line.ends_with('\r') {
+            line.pop();
+        }
+    }
+    if let Some(token) = token
+        && line.contains(token)
+    {
+        line = line.replace(token, REDACTED);
+    }
+    match line.char_indices().nth(MAX_TEXT) {
+        Some((end, _)) => {
+            line.truncate(end);
+            (line, true)
+        }
+        None => (line, false),
     }
 }
 

@@ -32,9 +32,40 @@ pub struct Config {
     /// delayed retries and rows left by a crashed replica (milliseconds).
     #[arg(long, env = "JOBMESH_OUTBOX_POLL_MS", default_value_t = 500)]
     pub outbox_poll_ms: u64,
+    /// Bytes of log lines kept per job; past it the oldest lines are dropped (and
+    /// readers are told how many).
+    #[arg(long, env = "JOBMESH_MAX_LOG_BYTES_PER_JOB", default_value_t = 16 * 1024 * 1024)]
+    pub max_log_bytes_per_job: u64,
+    /// How long a job's logs are kept after the job ended, e.g. `7d`, `12h`,
+    /// `30m`, `90s`.
+    #[arg(long, env = "JOBMESH_LOG_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub log_retention: Duration,
     /// Where Prometheus metrics are served.
     #[command(flatten)]
     pub metrics: jobmesh_runtime::metrics::MetricsConfig,
+}
+
+/// A duration written as a number and a unit: `s`, `m`, `h` or `d`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} has no unit: write e.g. 7d, 12h, 30m or 90s"))?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a whole number"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
+    };
+    n.checked_mul(seconds)
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} must be more than zero and less than a few billion years"))
 }
 
 impl Config {
@@ -47,6 +78,8 @@ impl Config {
             sweep_interval_ms: 1000,
             cancel_grace_ms: 30_000,
             outbox_poll_ms: 500,
+            max_log_bytes_per_job: 16 * 1024 * 1024,
+            log_retention: Duration::from_secs(7 * 86_400),
             metrics: jobmesh_runtime::metrics::MetricsConfig::default(),
         }
     }

@@ -11,6 +11,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/0001_jobs.sql")),
     (2, include_str!("../migrations/0002_attempt_start.sql")),
     (3, include_str!("../migrations/0003_traceparent.sql")),
+    (4, include_str!("../migrations/0004_job_logs.sql")),
 ];
 
 /// Arbitrary constant identifying jobmesh's migration lock among advisory locks.

@@ -1,5 +1,5 @@
 //! Job events on core NATS: every committed change of a job is published on
-//! `<prefix>.events.<job_id>` as an encoded `jobmesh.v1.Job`, and cancellation
+//! `<prefix>.events.<tenant token>.<job_id>` as an encoded `jobmesh.v1.Job`, and cancellation
 //! requests of running attempts on `<prefix>.cancel` for the dispatchers.
 //!
 //! Publishing is best effort and never blocks a state change: events go through a
@@ -64,7 +64,19 @@ impl Events {
     /// Announces a committed change of a job.
     pub(crate) async fn publish(&self, job: &Job) {
         let payload = v1::Job::from(job).encode_to_vec();
-        self.send(self.nats.events_subject(&job.id.to_string()), payload);
+        self.send(
+            self.nats.events_subject(&job.tenant, &job.id.to_string()),
+            payload,
+        );
+    }
+
+    /// Announces that lines of a job are stored up to `last_sequence`.
+    pub(crate) fn publish_logs(&self, id: Uuid, last_sequence: i64) {
+        let notice = jobmesh_proto::internal::LogNotice { last_sequence };
+        self.send(
+            self.nats.logs_subject(&id.to_string()),
+            notice.encode_to_vec(),
+        );
     }
 
     /// Tells every dispatcher that a running attempt must stop.

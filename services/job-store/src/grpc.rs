@@ -18,6 +18,8 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::error::Error;
+use crate::feeds;
+use crate::logs::{self, Logs, MAX_APPEND_BYTES, MAX_APPEND_LINES, MAX_LINE_CHARS};
 use crate::model::{Job, NewJob, RetryPolicy, State};
 use crate::store::{ListFilter, Store};
 
@@ -31,6 +33,7 @@ const WATCH_RESYNC: Duration = Duration::from_secs(2);
 pub(crate) struct JobStoreGrpc {
     pub(crate) creator: crate::batch::Creator,
     pub(crate) store: Store,
+    pub(crate) logs: Logs,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -223,7 +226,7 @@ impl JobStoreService for JobStoreGrpc {
         // is then in the subscription, and versions drop the ones already seen.
         let subscriber = events
             .client()
-            .subscribe(events.nats().events_subject(&id.to_string()))
+            .subscribe(events.nats().events_subject(&r.tenant, &id.to_string()))
             .await
             .map_err(|e| Error::Nats(e.to_string()))?;
         events
@@ -354,9 +357,60 @@ impl JobStoreService for JobStoreGrpc {
 
     async fn append_logs(
         &self,
-        _request: Request<pb::AppendLogsRequest>,
+        request: Request<pb::AppendLogsRequest>,
     ) -> Result<Response<pb::AppendLogsResponse>, Status> {
-        Err(Status::unimplemented("AppendLogs is not implemented yet"))
+        let r = request.into_inner();
+        let lines: usize = r.batches.iter().map(|b| b.lines.len()).sum();
+        let bytes: usize = r
+            .batches
+            .iter()
+            .flat_map(|b| &b.lines)
+            .map(|l| l.line.len())
+            .sum();
+        if lines > MAX_APPEND_LINES || bytes > MAX_APPEND_BYTES {
+            return Err(Error::InvalidArgument {
+                field: "batches",
+                reason: format!(
+                    "{lines} lines of {bytes} bytes exceed the limit of {MAX_APPEND_LINES} lines and {MAX_APPEND_BYTES} bytes per call"
+                ),
+            }
+            .into());
+        }
+        let mut batches = Vec::with_capacity(r.batches.len());
+        for batch in r.batches {
+            let (job_id, attempt) = attempt(batch.attempt)?;
+            let lines = batch
+                .lines
+                .into_iter()
+                .map(|l| {
+                    let stream = l.stream();
+                    logs::Line {
+                        time: l
+                            .time
+                            .and_then(|t| SystemTime::try_from(t).ok())
+                            .unwrap_or_else(SystemTime::now),
+                        stream,
+                        text: cut_line(without_nul(&l.line)),
+                        truncated: l.truncated,
+                    }
+                })
+                .collect();
+            batches.push(logs::Batch {
+                job_id,
+                attempt,
+                lines,
+            });
+        }
+        let refused = self.logs.append(batches).await?;
+        Ok(Response::new(pb::AppendLogsResponse {
+            refused: refused
+                .into_iter()
+                .map(|(id, attempt)| JobAttempt {
+                    job_id: id.to_string(),
+                    attempt,
+                })
+                .collect(),
+        }))
     }
 
     type ReadJobLogsStream =
@@ -364,9 +418,65 @@ impl JobStoreService for JobStoreGrpc {
 
     async fn read_job_logs(
         &self,
-        _request: Request<pb::ReadJobLogsRequest>,
+        request: Request<pb::ReadJobLogsRequest>,
     ) -> Result<Response<Self::ReadJobLogsStream>, Status> {
-        Err(Status::unimplemented("ReadJobLogs is not implemented yet"))
+        let r = request.into_inner();
+        let id = job_id("job_id", &r.job_id)?;
+        if r.attempt < 0 {
+            return Err(Error::InvalidArgument {
+                field: "attempt",
+                reason: format!("{} is negative; use 0 for every attempt", r.attempt),
+            }
+            .into());
+        }
+        if r.after_sequence < 0 {
+            return Err(Error::InvalidArgument {
+                field: "after_sequence",
+                reason: format!("{} is negative", r.after_sequence),
+            }
+            .into());
+        }
+        // Subscribe before the first read: a line stored after it is announced
+        // to a subscription that already exists.
+        let follow = if r.follow {
+            let events = self.store_events();
+            let subscribe = |subject: String| async move {
+                events
+                    .client()
+                    .subscribe(subject)
+                    .await
+                    .map_err(|e| Error::Nats(e.to_string()))
+            };
+            let notices = subscribe(events.nats().logs_subject(&id.to_string())).await?;
+            let changes =
+                subscribe(events.nats().events_subject(&r.tenant, &id.to_string())).await?;
+            events
+                .client()
+                .flush()
+                .await
+                .map_err(|e| Error::Nats(e.to_string()))?;
+            Some((notices, changes))
+        } else {
+            None
+        };
+        // The tenant wall: another tenant's job is NOT_FOUND, like a missing one.
+        self.store.get(&r.tenant, id).await?;
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let read = feeds::LogRead {
+            tenant: r.tenant,
+            job_id: id,
+            attempt: r.attempt,
+            after: r.after_sequence,
+            follow,
+        };
+        tokio::spawn(feeds::read_logs(
+            self.store.clone(),
+            self.logs.clone(),
+            read,
+            tx,
+            self.shutdown.clone(),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     type WatchJobsStream =
@@ -374,9 +484,45 @@ impl JobStoreService for JobStoreGrpc {
 
     async fn watch_jobs(
         &self,
-        _request: Request<pb::WatchJobsRequest>,
+        request: Request<pb::WatchJobsRequest>,
     ) -> Result<Response<Self::WatchJobsStream>, Status> {
-        Err(Status::unimplemented("WatchJobs is not implemented yet"))
+        let r = request.into_inner();
+        let filter = feeds::JobFilter {
+            task: (!r.task.is_empty()).then(|| r.task.clone()),
+            state: match r.state() {
+                v1::JobState::Unspecified => None,
+                state => Some(state),
+            },
+            labels: r.labels.into_iter().collect(),
+        };
+        let events = self.store_events();
+        let subscriber = events
+            .client()
+            .subscribe(events.nats().tenant_events_wildcard(&r.tenant))
+            .await
+            .map_err(|e| Error::Nats(e.to_string()))?;
+        events
+            .client()
+            .flush()
+            .await
+            .map_err(|e| Error::Nats(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(feeds::watch_jobs(
+            filter,
+            subscriber,
+            tx,
+            self.shutdown.clone(),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// A line cut to the longest kept (the dispatcher cuts too; this guards the
+/// table against any other caller).
+fn cut_line(line: String) -> String {
+    match line.char_indices().nth(MAX_LINE_CHARS) {
+        Some((end, _)) => line[..end].to_owned(),
+        None => line,
     }
 }
 

@@ -8,7 +8,9 @@ mod config;
 mod db;
 mod error;
 mod events;
+mod feeds;
 mod grpc;
+mod logs;
 mod metrics;
 mod model;
 mod outbox;
@@ -67,6 +69,7 @@ pub async fn run(
 
     let wakeup = Arc::new(Notify::new());
     let events = events::Events::new(client.clone(), config.nats.clone());
+    let logs = logs::Logs::new(pool.clone(), events.clone(), config.max_log_bytes_per_job);
     let store = store::Store::new(pool.clone(), events, Arc::clone(&wakeup));
 
     let tasks = TaskTracker::new();
@@ -88,6 +91,11 @@ pub async fn run(
         background.clone(),
     ));
     tasks.spawn(metrics::sample(pool.clone(), background.clone()));
+    tasks.spawn(logs::retention(
+        logs.clone(),
+        config.log_retention,
+        background.clone(),
+    ));
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<JobStoreServiceServer<grpc::JobStoreGrpc>>()
@@ -120,6 +128,7 @@ pub async fn run(
     let service = JobStoreServiceServer::new(grpc::JobStoreGrpc {
         creator,
         store,
+        logs,
         shutdown: shutdown.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -62,6 +62,19 @@ pub(crate) fn stale(kind: &'static str) {
     metrics::counter!("jobmesh_stale_reports_total", "kind" => kind).increment(1);
 }
 
+/// Counts log lines stored and refused (their attempt was not running).
+pub(crate) fn log_lines(stored: u64, refused: u64) {
+    metrics::counter!("jobmesh_log_lines_total", "outcome" => "stored").increment(stored);
+    if refused > 0 {
+        metrics::counter!("jobmesh_log_lines_total", "outcome" => "refused").increment(refused);
+    }
+}
+
+/// Counts a trim of a job's log (its oldest chunks dropped for the size limit).
+pub(crate) fn log_trimmed() {
+    metrics::counter!("jobmesh_log_trims_total").increment(1);
+}
+
 /// Samples the outbox and the pool every few seconds until `shutdown`.
 pub(crate) async fn sample(pool: Pool, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));

@@ -168,6 +168,7 @@ impl Store {
             if let Some(job) = created.remove(id) {
                 tracing::debug!(job_id = %job.id, tenant = %job.tenant, task = %job.task, "job created");
                 crate::metrics::submitted(&job);
+                self.events.publish(&job).await;
                 out.push((job, true));
                 continue;
             }

@@ -34,6 +34,9 @@ pub mod scope {
     pub const ADMIN: &str = "admin";
     /// Connect to the dispatcher as a worker.
     pub const WORKER: &str = "worker";
+    /// See the connected workers (`ListWorkers`): workers serve every tenant, so
+    /// this is an operator's scope, apart from `jobs:read`.
+    pub const WORKERS_READ: &str = "workers:read";
     /// The scopes of a tenant's user (what `jobmesh dev` prints a token for).
     pub const USER: [&str; 3] = [SUBMIT, READ, CANCEL];
 }

@@ -61,9 +61,21 @@ impl NatsConfig {
         format!("task:{}", task.replace('.', ":"))
     }
 
-    /// Core NATS subject carrying every change of one job.
-    pub fn events_subject(&self, job_id: &str) -> String {
-        format!("{}.events.{job_id}", self.prefix)
+    /// Core NATS subject carrying every change of one job of a tenant:
+    /// `<prefix>.events.<tenant token>.<job_id>`, so that one subscription follows
+    /// all of a tenant's jobs and nothing else.
+    pub fn events_subject(&self, tenant: &str, job_id: &str) -> String {
+        format!("{}.events.{}.{job_id}", self.prefix, tenant_token(tenant))
+    }
+
+    /// Every change of every job of a tenant.
+    pub fn tenant_events_wildcard(&self, tenant: &str) -> String {
+        format!("{}.events.{}.*", self.prefix, tenant_token(tenant))
+    }
+
+    /// Core NATS subject announcing that new log lines of a job are stored.
+    pub fn logs_subject(&self, job_id: &str) -> String {
+        format!("{}.logs.{job_id}", self.prefix)
     }
 
     /// Core NATS subject on which cancellation requests of running attempts are
@@ -88,6 +100,14 @@ impl NatsConfig {
             .connect(&self.url)
             .await
     }
+}
+
+/// A tenant as one subject token. Tenants may hold any character but control
+/// characters, and subjects may not hold `.`, `*`, `>` or spaces: base64url
+/// (no padding) is reversible, so two tenants never share a token.
+fn tenant_token(tenant: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tenant.as_bytes())
 }
 
 /// Limits of the work-queue stream: a full stream refuses new attempts (the outbox

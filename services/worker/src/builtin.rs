@@ -1,4 +1,4 @@
-//! Built-in demo tasks: `demo.echo`, `demo.sleep`, `demo.fail`.
+//! Built-in demo tasks: `demo.echo`, `demo.sleep`, `demo.fail`, `demo.logs`.
 
 use std::time::Duration;
 
@@ -10,6 +10,52 @@ pub(crate) fn register(handlers: &mut Handlers) {
     handlers.register("demo.echo", echo);
     handlers.register("demo.sleep", sleep);
     handlers.register("demo.fail", fail);
+    handlers.register("demo.logs", logs);
+}
+
+/// Prints `lines` log lines (default 10, at most 10 000 000) of about `width`
+/// characters (default 40, at most 10 000), as fast as the mesh takes them, or
+/// one every `interval_ms`; reports progress every tenth.
+async fn logs(ctx: JobContext) -> Result<serde_json::Value, TaskError> {
+    let number = |name: &str, default: u64, max: u64| -> Result<u64, TaskError> {
+        match ctx.args.get(name) {
+            None => Ok(default),
+            Some(v) => v
+                .as_f64()
+                .filter(|n| n.fract() == 0.0 && (0.0..=max as f64).contains(n))
+                .map(|n| n as u64)
+                .ok_or_else(|| {
+                    TaskError::permanent(format!(
+                        "args.{name}: {v} is not an integer between 0 and {max}"
+                    ))
+                }),
+        }
+    };
+    let lines = number("lines", 10, 10_000_000)?;
+    let width = number("width", 40, 10_000)? as usize;
+    let interval = Duration::from_millis(number("interval_ms", 0, 60_000)?);
+    let tenth = (lines / 10).max(1);
+    for n in 1..=lines {
+        if ctx.is_cancelled() {
+            return Err(TaskError::permanent("cancelled"));
+        }
+        let mut line = format!("line {n} of {lines} ");
+        while line.len() < width {
+            line.push('.');
+        }
+        ctx.log(line).await;
+        if n % tenth == 0 {
+            let percent = i32::try_from(n * 100 / lines).unwrap_or(100);
+            ctx.progress(percent, format!("{n}/{lines} lines")).await;
+        }
+        if !interval.is_zero() {
+            tokio::select! {
+                _ = ctx.cancelled() => return Err(TaskError::permanent("cancelled")),
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+    Ok(json!({ "lines": lines }))
 }
 
 /// Returns its arguments.

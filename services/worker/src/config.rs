@@ -49,6 +49,15 @@ pub struct Config {
         value_name = "TASK=COMMAND"
     )]
     pub exec: Vec<String>,
+    /// A label the worker shows in ListWorkers, `KEY=VALUE` (repeatable; in the
+    /// environment, separated by `,`), e.g. `gpu=a100`.
+    #[arg(
+        long = "label",
+        env = "JOBMESH_WORKER_LABELS",
+        value_delimiter = ',',
+        value_name = "KEY=VALUE"
+    )]
+    pub labels: Vec<String>,
     /// Where Prometheus metrics are served.
     #[command(flatten)]
     pub metrics: jobmesh_runtime::metrics::MetricsConfig,
@@ -68,6 +77,7 @@ impl Config {
             token_file: None,
             metrics: jobmesh_runtime::metrics::MetricsConfig::default(),
             exec: Vec::new(),
+            labels: Vec::new(),
         }
     }
 
@@ -76,11 +86,28 @@ impl Config {
     }
 
     pub(crate) fn worker_id(&self) -> String {
-        self.worker_id.clone().unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_else(|_| "worker".to_owned());
-            format!("{host}-{}", std::process::id())
-        })
+        self.worker_id
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", host(), std::process::id()))
     }
+
+    /// The labels as a map; a label that is not `KEY=VALUE` is refused.
+    pub(crate) fn label_map(&self) -> Result<std::collections::HashMap<String, String>, String> {
+        self.labels
+            .iter()
+            .map(|label| {
+                label
+                    .split_once('=')
+                    .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                    .ok_or_else(|| format!("--label {label:?} is not KEY=VALUE"))
+            })
+            .collect()
+    }
+}
+
+/// This machine's host name.
+pub(crate) fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "worker".to_owned())
 }

@@ -7,7 +7,8 @@
 //! - `{"result": {...}}` sets the job's result,
 //! - `{"error": "bad input", "retryable": false}` sets the failure to report;
 //!
-//! any other line is a log line of the job. Exit status 0 succeeds (with the result,
+//! any other line is a log line of the job (stream `stdout`), as is every stderr
+//! line (stream `stderr`). Exit status 0 succeeds (with the result,
 //! or `{}`), unless an error line was printed; any other status fails the attempt,
 //! retryably unless an error line said otherwise, with the last stderr lines as the
 //! message. On cancellation or timeout the whole process group gets SIGTERM, then
@@ -19,6 +20,8 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use tokio::io::AsyncWriteExt as _;
 use tokio_util::codec::{FramedRead, LinesCodec};
+
+use jobmesh_proto::v1::LogStream;
 
 use crate::handler::{Handlers, JobContext, TaskError};
 
@@ -57,6 +60,11 @@ async fn run(ctx: JobContext, command: String) -> Result<serde_json::Value, Task
         .env("JOBMESH_JOB_ID", &ctx.job_id)
         .env("JOBMESH_ATTEMPT", ctx.attempt.to_string())
         .env("JOBMESH_TASK", &ctx.task)
+        // jobmesh's own credentials are not the command's business (and would
+        // end up in its logs if it printed its environment).
+        .env_remove("JOBMESH_WORKER_TOKEN")
+        .env_remove("JOBMESH_WORKER_TOKEN_FILE")
+        .env_remove("JOBMESH_TOKEN")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -115,7 +123,7 @@ async fn run(ctx: JobContext, command: String) -> Result<serde_json::Value, Task
                         }
                         tail.drain(..cut);
                     }
-                    ctx.log(line).await;
+                    ctx.log_to(LogStream::Stderr, line).await;
                 }
                 _ => err_open = false,
             },
@@ -156,7 +164,7 @@ async fn handle_line(
 ) {
     let message = match serde_json::from_str::<serde_json::Value>(&line) {
         Ok(serde_json::Value::Object(message)) => message,
-        _ => return ctx.log(line).await,
+        _ => return ctx.log_to(LogStream::Stdout, line).await,
     };
     if let Some(percent) = message.get("progress").and_then(|p| p.as_f64()) {
         let text = message
@@ -180,7 +188,7 @@ async fn handle_line(
             retryable,
         });
     } else {
-        ctx.log(line).await;
+        ctx.log_to(LogStream::Stdout, line).await;
     }
 }
 

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use jobmesh_proto::v1::{ConnectRequest, JobLog, JobProgress, connect_request};
+use jobmesh_proto::v1::{ConnectRequest, JobLog, JobProgress, LogStream, connect_request};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -84,13 +84,20 @@ impl JobContext {
             .await;
     }
 
-    /// Sends a log line of this attempt.
+    /// Sends a log line of this attempt: stored with the job, in order, and
+    /// readable with `jobmesh logs` (lines longer than 4096 characters are cut).
+    /// Waits when the outbound queue is full, like [`JobContext::progress`].
     pub async fn log(&self, line: impl Into<String>) {
+        self.log_to(LogStream::Unspecified, line).await;
+    }
+
+    /// Sends a log line that came from a given output stream (stdout, stderr).
+    pub async fn log_to(&self, stream: LogStream, line: impl Into<String>) {
         let report = connect_request::Message::Log(JobLog {
             job_id: self.job_id.clone(),
             attempt: self.attempt,
             line: line.into(),
-            ..Default::default()
+            stream: stream as i32,
         });
         let _ = self
             .out

@@ -29,6 +29,7 @@ use tonic_health::server::HealthReporter;
 pub use config::Config;
 pub use exec::register as register_exec;
 pub use handler::{Handler, Handlers, JobContext, TaskError};
+pub use jobmesh_proto::v1::LogStream;
 
 /// Outbound reports buffered per session; a full queue slows handlers down.
 const OUTBOUND_BUFFER: usize = 1024;
@@ -76,6 +77,7 @@ pub async fn run_with(
     if tasks.is_empty() {
         return Err(RunError::Config("no tasks to offer".to_owned()));
     }
+    config.label_map().map_err(RunError::Config)?;
     if config.slots == 0 {
         return Err(RunError::Config("slots must be at least 1".to_owned()));
     }
@@ -157,7 +159,10 @@ async fn session(
             worker_id: worker_id.to_owned(),
             tasks: tasks.to_vec(),
             slots: i32::try_from(config.slots).unwrap_or(i32::MAX),
-            ..Default::default()
+            name: "jobmesh-worker".to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            host: config::host(),
+            labels: config.label_map().map_err(|e| fail(false, e))?,
         })),
     };
     out.send(hello)
