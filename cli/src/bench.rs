@@ -40,6 +40,17 @@ pub(crate) struct BenchArgs {
     /// and report accepted/refused rates and latencies (0: the normal bench).
     #[arg(long, default_value_t = 0)]
     overload_seconds: u64,
+    /// Log-flood mode: in each of `--rounds` rounds, measure other jobs' round
+    /// trips (one at a time, `--task`) alone, then while one `demo.logs` job
+    /// prints this many lines as fast as it can (0: the normal bench).
+    #[arg(long, default_value_t = 0)]
+    log_flood: u64,
+    /// Characters per line of the log flood.
+    #[arg(long, default_value_t = 80)]
+    log_width: u64,
+    /// Rounds of the log-flood mode (figures are medians over rounds).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Print the figures as one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -61,6 +72,9 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.overload_seconds > 0 {
         return overload(&args).await;
+    }
+    if args.log_flood > 0 {
+        return log_flood(&args).await;
     }
     let client = args.addr.jobs()?;
     let run_id = uuid::Uuid::now_v7().simple().to_string();
@@ -327,6 +341,160 @@ async fn overload(args: &BenchArgs) -> anyhow::Result<()> {
     }
     if timeouts > 0 {
         bail!("{timeouts} calls timed out under overload");
+    }
+    Ok(())
+}
+
+/// One job submitted, watched to its end: the client's round trip in seconds.
+async fn round_trip(
+    client: &mut v1::job_service_client::JobServiceClient<jobmesh_runtime::auth::AuthChannel>,
+    task: &str,
+) -> anyhow::Result<f64> {
+    let t0 = Instant::now();
+    let job = client
+        .submit_job(v1::SubmitJobRequest {
+            task: task.to_owned(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .job
+        .unwrap_or_default();
+    let mut stream = client
+        .watch_job(v1::WatchJobRequest { job_id: job.id })
+        .await?
+        .into_inner();
+    while let Some(event) = stream.message().await? {
+        if event.job.is_some_and(|j| j.state().is_terminal()) {
+            break;
+        }
+    }
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    percentile(&values, 50.0)
+}
+
+/// Other jobs' round trips alone and beside a job printing `--log-flood` lines.
+async fn log_flood(args: &BenchArgs) -> anyhow::Result<()> {
+    let mut client = args.addr.jobs()?;
+    let mut rounds = Vec::new();
+    for _ in 0..args.rounds.max(1) {
+        // Alone: as many round trips as the flood round will have, at least 50.
+        let mut alone = Vec::new();
+        for _ in 0..args.round_trips.max(50) {
+            alone.push(round_trip(&mut client, &args.task).await?);
+        }
+        let flood = client
+            .submit_job(v1::SubmitJobRequest {
+                task: "demo.logs".to_owned(),
+                args: serde_json::json!({"lines": args.log_flood, "width": args.log_width})
+                    .as_object()
+                    .map(jobmesh_proto::json::json_to_struct),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .job
+            .unwrap_or_default();
+        let t0 = Instant::now();
+        let mut beside = Vec::new();
+        let finished = loop {
+            beside.push(round_trip(&mut client, &args.task).await?);
+            let now = client
+                .get_job(v1::GetJobRequest {
+                    job_id: flood.id.clone(),
+                })
+                .await?
+                .into_inner()
+                .job
+                .unwrap_or_default();
+            if now.state().is_terminal() {
+                break now;
+            }
+            if t0.elapsed() > Duration::from_secs(args.timeout_seconds) {
+                bail!("the flood job did not end within {}s", args.timeout_seconds);
+            }
+        };
+        let flood_seconds = match (
+            seconds(&finished.start_time),
+            seconds(&finished.finish_time),
+        ) {
+            (Some(s), Some(f)) => f - s,
+            _ => f64::NAN,
+        };
+        // Read the whole log back: how many lines were kept, and how fast.
+        let t_read = Instant::now();
+        let mut logs = client
+            .read_job_logs(v1::ReadJobLogsRequest {
+                job_id: flood.id.clone(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let (mut kept, mut dropped) = (0u64, 0i64);
+        while let Some(message) = logs.message().await? {
+            if let Some(entry) = message.entry {
+                kept += 1;
+                dropped += entry.dropped;
+            }
+        }
+        let read_seconds = t_read.elapsed().as_secs_f64();
+        alone.sort_by(f64::total_cmp);
+        beside.sort_by(f64::total_cmp);
+        rounds.push(serde_json::json!({
+            "alone_p50_ms": percentile(&alone, 50.0) * 1000.0,
+            "alone_p99_ms": percentile(&alone, 99.0) * 1000.0,
+            "beside_p50_ms": percentile(&beside, 50.0) * 1000.0,
+            "beside_p99_ms": percentile(&beside, 99.0) * 1000.0,
+            "beside_jobs": beside.len(),
+            "flood_state": finished.state().as_str_name(),
+            "flood_seconds": flood_seconds,
+            "flood_lines_per_second": args.log_flood as f64 / flood_seconds,
+            "lines_kept": kept,
+            "lines_dropped": dropped,
+            "read_lines_per_second": kept as f64 / read_seconds,
+        }));
+    }
+    let med = |key: &str| median(rounds.iter().filter_map(|r| r[key].as_f64()).collect());
+    let figures = serde_json::json!({
+        "log_flood_lines": args.log_flood,
+        "log_width": args.log_width,
+        "task": args.task,
+        "rounds": rounds,
+        "median": {
+            "alone_p50_ms": med("alone_p50_ms"),
+            "beside_p50_ms": med("beside_p50_ms"),
+            "alone_p99_ms": med("alone_p99_ms"),
+            "beside_p99_ms": med("beside_p99_ms"),
+            "flood_lines_per_second": med("flood_lines_per_second"),
+            "read_lines_per_second": med("read_lines_per_second"),
+        },
+    });
+    if args.json {
+        println!("{figures}");
+    } else {
+        println!(
+            "log flood: {} lines of {} characters, {} rounds (medians)\n\
+             other jobs ({}) alone        p50 {:>7.1} ms   p99 {:>7.1} ms\n\
+             beside the flood             p50 {:>7.1} ms   p99 {:>7.1} ms\n\
+             flood stored at {:>9.0} lines/s; read back at {:>9.0} lines/s",
+            args.log_flood,
+            args.log_width,
+            rounds.len(),
+            args.task,
+            med("alone_p50_ms"),
+            med("alone_p99_ms"),
+            med("beside_p50_ms"),
+            med("beside_p99_ms"),
+            med("flood_lines_per_second"),
+            med("read_lines_per_second"),
+        );
+        for (n, round) in rounds.iter().enumerate() {
+            println!("round {}: {round}", n + 1);
+        }
     }
     Ok(())
 }

@@ -390,8 +390,11 @@ mod tests {
             [
                 "GET /v1/jobs -> /jobmesh.v1.JobService/ListJobs",
                 "GET /v1/jobs/{job_id} -> /jobmesh.v1.JobService/GetJob",
+                "GET /v1/jobs/{job_id}/logs -> /jobmesh.v1.JobService/ReadJobLogs",
                 "GET /v1/jobs/{job_id}:watch -> /jobmesh.v1.JobService/WatchJob",
+                "GET /v1/jobs:watch -> /jobmesh.v1.JobService/WatchJobs",
                 "GET /v1/tasks -> /jobmesh.v1.TaskService/ListTasks",
+                "GET /v1/workers -> /jobmesh.v1.TaskService/ListWorkers",
                 "POST /v1/jobs -> /jobmesh.v1.JobService/SubmitJob",
                 "POST /v1/jobs/{job_id}:cancel -> /jobmesh.v1.JobService/CancelJob",
             ]
@@ -417,6 +420,14 @@ mod tests {
         assert_eq!(
             found(http::Method::GET, "/v1/jobs/abc:watch"),
             r#"/jobmesh.v1.JobService/WatchJob [("job_id", "abc")]"#
+        );
+        assert_eq!(
+            found(http::Method::GET, "/v1/jobs:watch"),
+            "/jobmesh.v1.JobService/WatchJobs []"
+        );
+        assert_eq!(
+            found(http::Method::GET, "/v1/jobs/abc/logs"),
+            r#"/jobmesh.v1.JobService/ReadJobLogs [("job_id", "abc")]"#
         );
         assert_eq!(found(http::Method::DELETE, "/v1/jobs/abc"), "405");
         assert_eq!(found(http::Method::GET, "/v1/jobs/abc:explode"), "404");

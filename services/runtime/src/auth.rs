@@ -26,7 +26,8 @@ use tonic::{Request, Status};
 pub mod scope {
     /// Submit jobs (`SubmitJob`, `POST /v1/jobs`).
     pub const SUBMIT: &str = "jobs:submit";
-    /// Read jobs and tasks (`GetJob`, `ListJobs`, `WatchJob`, `ListTasks`).
+    /// Read jobs and tasks (`GetJob`, `ListJobs`, `WatchJob`, `ReadJobLogs`,
+    /// `WatchJobs`, `ListTasks`).
     pub const READ: &str = "jobs:read";
     /// Cancel jobs (`CancelJob`).
     pub const CANCEL: &str = "jobs:cancel";
@@ -37,8 +38,11 @@ pub mod scope {
     /// See the connected workers (`ListWorkers`): workers serve every tenant, so
     /// this is an operator's scope, apart from `jobs:read`.
     pub const WORKERS_READ: &str = "workers:read";
-    /// The scopes of a tenant's user (what `jobmesh dev` prints a token for).
+    /// The scopes of a tenant's user.
     pub const USER: [&str; 3] = [SUBMIT, READ, CANCEL];
+    /// What `jobmesh dev` prints a token for: a user who also runs the machine,
+    /// so may see its workers.
+    pub const DEV: [&str; 4] = [SUBMIT, READ, CANCEL, WORKERS_READ];
 }
 
 /// Longest tenant name a token may carry.
