@@ -11,6 +11,7 @@ use jobmesh_proto::v1::{self, JobState};
 use jobmesh_runtime::auth::{self, AuthChannel};
 
 use crate::output;
+use crate::watch::{ViewArgs, WatchArgs};
 
 /// Where the gateway is.
 #[derive(clap::Args, Debug, Clone)]
@@ -40,10 +41,13 @@ impl GatewayAddr {
         Ok(auth::with_token(channel, token.as_deref()))
     }
 
-    pub(crate) fn jobs(&self) -> anyhow::Result<JobServiceClient<AuthChannel>> {
+    pub(crate) fn jobs(&self) -> anyhow::Result<JobClient> {
         Ok(JobServiceClient::new(self.channel()?))
     }
 }
+
+/// A client of the public job API.
+pub(crate) type JobClient = JobServiceClient<AuthChannel>;
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct SubmitArgs {
@@ -64,9 +68,15 @@ pub(crate) struct SubmitArgs {
     /// Execution timeout of one attempt, in seconds.
     #[arg(long)]
     pub(crate) timeout_seconds: Option<f64>,
-    /// Follow the job until it ends.
+    /// Follow the job until it ends (as `jobmesh watch` does).
     #[arg(long)]
     pub(crate) watch: bool,
+    /// With --watch: one JSON line per change even on a terminal.
+    #[arg(long, requires = "watch")]
+    pub(crate) json: bool,
+    /// With --watch: also print the job's log lines as they arrive.
+    #[arg(long, requires = "watch")]
+    pub(crate) logs: bool,
     #[command(flatten)]
     pub(crate) addr: GatewayAddr,
 }
@@ -96,6 +106,10 @@ pub(crate) struct ListArgs {
     /// Page token from a previous listing.
     #[arg(long, default_value = "")]
     pub(crate) page_token: String,
+    /// Instead of listing, print one JSON line per change of the matching jobs
+    /// from now on, until Ctrl-C.
+    #[arg(long, conflicts_with = "page_token")]
+    pub(crate) watch: bool,
     #[command(flatten)]
     pub(crate) addr: GatewayAddr,
 }
@@ -107,7 +121,7 @@ fn print(value: &serde_json::Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn status(error: tonic::Status) -> anyhow::Error {
+pub(crate) fn status(error: tonic::Status) -> anyhow::Error {
     anyhow!("{:?}: {}", error.code(), error.message())
 }
 
@@ -155,8 +169,12 @@ pub(crate) async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         .job
         .unwrap_or_default();
     if args.watch {
-        return watch(JobArgs {
+        return crate::watch::watch(WatchArgs {
             job_id: job.id,
+            view: ViewArgs {
+                json: args.json,
+                logs: args.logs,
+            },
             addr: args.addr,
         })
         .await;
@@ -180,6 +198,9 @@ pub(crate) async fn get(args: JobArgs) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn list(args: ListArgs) -> anyhow::Result<()> {
+    if args.watch {
+        return crate::watch::jobs(args).await;
+    }
     let state = args.state.as_deref().map(parse_state).transpose()?;
     let response = args
         .addr
@@ -213,31 +234,6 @@ pub(crate) async fn cancel(args: JobArgs) -> anyhow::Result<()> {
         .job
         .unwrap_or_default();
     print(&output::job(&job))
-}
-
-pub(crate) async fn watch(args: JobArgs) -> anyhow::Result<()> {
-    let mut stream = args
-        .addr
-        .jobs()?
-        .watch_job(v1::WatchJobRequest {
-            job_id: args.job_id,
-        })
-        .await
-        .map_err(status)?
-        .into_inner();
-    let mut last = None;
-    while let Some(event) = stream.message().await.map_err(status)? {
-        if let Some(job) = event.job {
-            let line = serde_json::to_string(&output::job(&job))?;
-            writeln!(std::io::stdout().lock(), "{line}")?;
-            last = Some(job.state());
-        }
-    }
-    match last {
-        Some(JobState::Succeeded) => Ok(()),
-        Some(state) => bail!("job ended {}", state.as_str_name()),
-        None => bail!("the watch ended without any event"),
-    }
 }
 
 pub(crate) async fn tasks(addr: GatewayAddr) -> anyhow::Result<()> {

@@ -41,6 +41,19 @@ pub(crate) struct DevArgs {
     /// Slots of the built-in worker.
     #[arg(long, env = "JOBMESH_WORKER_SLOTS", default_value_t = 16)]
     worker_slots: u32,
+    /// Let the built-in worker run a command per job of a task, to try your own
+    /// script: `TASK=COMMAND` (repeatable; in the environment, separated by `;`), as
+    /// on `jobmesh worker --exec`. The command runs as `sh -c COMMAND` with the
+    /// job's args as JSON on stdin; JSON lines on stdout report progress
+    /// (`{"progress": 50, "message": "…"}`), the result (`{"result": {…}}`) or an
+    /// error (`{"error": "…", "retryable": false}`); other lines are its log.
+    #[arg(
+        long = "exec",
+        env = "JOBMESH_WORKER_EXEC",
+        value_delimiter = ';',
+        value_name = "TASK=COMMAND"
+    )]
+    exec: Vec<String>,
     /// Where the mesh's Prometheus metrics are served (all services of this
     /// process on one endpoint, `/metrics`).
     #[arg(long, env = "JOBMESH_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
@@ -60,7 +73,27 @@ async fn bind(address: &str, what: &str) -> anyhow::Result<TcpListener> {
     })
 }
 
+/// Checks a `TASK=COMMAND` the way the worker reads it (`jobmesh worker --exec`),
+/// so that a mistake stops `jobmesh dev` before anything starts.
+fn parse_exec(spec: &str) -> anyhow::Result<(String, String)> {
+    let (task, command) = spec
+        .split_once('=')
+        .with_context(|| format!("--exec {spec:?} is not TASK=COMMAND"))?;
+    let (task, command) = (task.trim(), command.trim());
+    anyhow::ensure!(
+        jobmesh_runtime::names::is_task_name(task),
+        "--exec {spec:?}: {task:?} is not a task name"
+    );
+    anyhow::ensure!(!command.is_empty(), "--exec {spec:?}: the command is empty");
+    Ok((task.to_owned(), command.to_owned()))
+}
+
 pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let exec = args
+        .exec
+        .iter()
+        .map(|spec| parse_exec(spec))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let _telemetry = jobmesh_runtime::telemetry::init("jobmesh-dev");
     let shutdown = jobmesh_runtime::shutdown::on_signal();
     let job_store_listener = bind(&args.job_store_listen, "job-store").await?;
@@ -144,6 +177,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     worker_config.worker_id = Some(format!("dev-worker-{}", std::process::id()));
     worker_config.shutdown_grace_ms = 5_000;
     worker_config.token = worker_token.as_deref().and_then(|t| t.parse().ok());
+    worker_config.exec = args.exec.clone();
     let worker = tokio::spawn(jobmesh_worker::run(worker_config, stop_edge.clone()));
 
     let auth_lines = match &user_token {
@@ -160,10 +194,19 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     } else {
         ""
     };
+    let mut tasks = jobmesh_worker::Handlers::builtin().tasks();
+    tasks.extend(exec.iter().map(|(task, _)| task.clone()));
+    tasks.sort();
+    tasks.dedup();
+    let exec_lines: String = exec
+        .iter()
+        .map(|(task, command)| format!("  exec        {task}: {command}\n"))
+        .collect();
     let banner = format!(
-        "jobmesh dev mesh is up\n  gateway     {gateway_addr}   (gRPC: jobmesh.v1.JobService, TaskService, health, reflection; REST: /v1/..., /openapi.json)\n  metrics     http://{}/metrics\n  job-store   {job_store_url}\n  dispatcher  {dispatcher_url}\n  worker      {} slots, tasks demo.echo, demo.sleep, demo.fail\n  postgres    {}\n  nats        {} (prefix {})\n{auth_lines}\ntry:\n  grpcurl -plaintext{header} -d '{{\"task\":\"demo.sleep\",\"args\":{{\"seconds\":3,\"steps\":5}}}}' {gateway_addr} jobmesh.v1.JobService/SubmitJob\n  curl -s{header} -H 'Content-Type: application/json' -d '{{\"task\":\"demo.sleep\",\"args\":{{\"seconds\":3}}}}' http://{gateway_addr}/v1/jobs\n  curl -sN{header} http://{gateway_addr}/v1/jobs/<id>:watch\n  jobmesh submit demo.sleep --args '{{\"seconds\":3}}' --watch\n\nCtrl-C stops the mesh.",
+        "jobmesh dev mesh is up\n  gateway     {gateway_addr}   (gRPC: jobmesh.v1.JobService, TaskService, health, reflection; REST: /v1/..., /openapi.json)\n  metrics     http://{}/metrics\n  job-store   {job_store_url}\n  dispatcher  {dispatcher_url}\n  worker      {} slots, tasks {}\n{exec_lines}  postgres    {}\n  nats        {} (prefix {})\n{auth_lines}\ntry:\n  grpcurl -plaintext{header} -d '{{\"task\":\"demo.sleep\",\"args\":{{\"seconds\":3,\"steps\":5}}}}' {gateway_addr} jobmesh.v1.JobService/SubmitJob\n  curl -s{header} -H 'Content-Type: application/json' -d '{{\"task\":\"demo.sleep\",\"args\":{{\"seconds\":3}}}}' http://{gateway_addr}/v1/jobs\n  curl -sN{header} http://{gateway_addr}/v1/jobs/<id>:watch\n  jobmesh submit demo.sleep --args '{{\"seconds\":3}}' --watch --logs\n  jobmesh logs -f <id>\n\nCtrl-C stops the mesh.",
         args.metrics_listen,
         args.worker_slots,
+        tasks.join(", "),
         jobmesh_job_store::redact(&args.database_url),
         args.nats.url,
         args.nats.prefix,

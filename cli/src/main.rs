@@ -4,8 +4,11 @@
 mod bench;
 mod client;
 mod dev;
+mod logs;
 mod output;
 mod token;
+mod watch;
+mod workers;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -37,14 +40,20 @@ enum Command {
     Submit(client::SubmitArgs),
     /// Show a job.
     Get(client::JobArgs),
-    /// List jobs, newest first.
+    /// List jobs, newest first (with --watch: follow every change of them).
+    #[command(alias = "jobs")]
     List(client::ListArgs),
     /// Cancel a job.
     Cancel(client::JobArgs),
-    /// Follow a job until it ends, one JSON line per change.
-    Watch(client::JobArgs),
+    /// Follow a job until it ends: a live progress bar on a terminal, one JSON line
+    /// per change otherwise (or with --json). Ctrl-C stops watching, not the job.
+    Watch(watch::WatchArgs),
+    /// Print the lines a job printed (with -f, follow them until the job ends).
+    Logs(logs::LogsArgs),
     /// List tasks with their workers, free slots and queue depth.
     Tasks(client::GatewayAddr),
+    /// List the connected workers: their tasks, slots and the jobs they hold.
+    Workers(workers::WorkersArgs),
     /// Mint a bearer token with the mesh's signing key (the dev key by default),
     /// to try tenants and scopes by hand.
     Token(token::TokenArgs),
@@ -154,6 +163,11 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match dispatch(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) if error.is::<watch::Interrupted>() => {
+            eprintln!("{error}");
+            // What a shell reports for a command stopped by SIGINT.
+            std::process::ExitCode::from(130)
+        }
         Err(error) => {
             // One line a person can act on, with the chain of causes.
             eprintln!("error: {error:#}");
@@ -209,7 +223,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Get(args) => client::get(args).await,
         Command::List(args) => client::list(args).await,
         Command::Cancel(args) => client::cancel(args).await,
-        Command::Watch(args) => client::watch(args).await,
+        Command::Watch(args) => watch::watch(args).await,
+        Command::Logs(args) => logs::logs(args).await,
+        Command::Workers(args) => workers::workers(args).await,
         Command::Tasks(args) => client::tasks(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Healthcheck(args) => healthcheck(args).await,
