@@ -73,27 +73,13 @@ async fn bind(address: &str, what: &str) -> anyhow::Result<TcpListener> {
     })
 }
 
-/// Checks a `TASK=COMMAND` the way the worker reads it (`jobmesh worker --exec`),
-/// so that a mistake stops `jobmesh dev` before anything starts.
-fn parse_exec(spec: &str) -> anyhow::Result<(String, String)> {
-    let (task, command) = spec
-        .split_once('=')
-        .with_context(|| format!("--exec {spec:?} is not TASK=COMMAND"))?;
-    let (task, command) = (task.trim(), command.trim());
-    anyhow::ensure!(
-        jobmesh_runtime::names::is_task_name(task),
-        "--exec {spec:?}: {task:?} is not a task name"
-    );
-    anyhow::ensure!(!command.is_empty(), "--exec {spec:?}: the command is empty");
-    Ok((task.to_owned(), command.to_owned()))
-}
-
 pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let exec = args
         .exec
         .iter()
-        .map(|spec| parse_exec(spec))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .map(|spec| jobmesh_worker::parse_exec(spec))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
     let _telemetry = jobmesh_runtime::telemetry::init("jobmesh-dev");
     let shutdown = jobmesh_runtime::shutdown::on_signal();
     let job_store_listener = bind(&args.job_store_listen, "job-store").await?;
@@ -125,7 +111,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         let user = minter.mint(
             "jobmesh-dev",
             Some(crate::token::DEV_TENANT),
-            &auth::scope::USER,
+            &auth::scope::DEV,
             Duration::from_secs(30 * 24 * 3600),
         )?;
         let worker = minter.mint(
@@ -184,7 +170,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         Some(token) => format!(
             "  auth        JWT (HS256 dev key {}); a token for tenant \"dev\" with scopes {}, valid 30 days:\n\n  export JOBMESH_TOKEN={token}\n",
             key_path.display(),
-            auth::scope::USER.join(" "),
+            auth::scope::DEV.join(" "),
         ),
         None => "  auth        OFF (--insecure-no-auth): every caller is tenant \"default\"\n"
             .to_owned(),

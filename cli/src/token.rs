@@ -87,7 +87,7 @@ pub(crate) fn dev_user_token() -> Option<String> {
         .mint(
             "jobmesh-cli",
             Some(DEV_TENANT),
-            &scope::USER,
+            &scope::DEV,
             Duration::from_secs(3600),
         )
         .ok()

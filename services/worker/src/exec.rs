@@ -32,8 +32,8 @@ const STDERR_TAIL: usize = 2048;
 /// Between SIGTERM and SIGKILL of the process group.
 const KILL_GRACE: Duration = Duration::from_secs(3);
 
-/// Parses a `TASK=COMMAND` specification.
-pub(crate) fn parse(spec: &str) -> Result<(String, String), String> {
+/// Parses a `TASK=COMMAND` specification (as `--exec` takes it).
+pub fn parse(spec: &str) -> Result<(String, String), String> {
     let (task, command) = spec
         .split_once('=')
         .ok_or_else(|| format!("--exec {spec:?} is not TASK=COMMAND"))?;

@@ -27,7 +27,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 pub use config::Config;
-pub use exec::register as register_exec;
+pub use exec::{parse as parse_exec, register as register_exec};
 pub use handler::{Handler, Handlers, JobContext, TaskError};
 pub use jobmesh_proto::v1::LogStream;
 
