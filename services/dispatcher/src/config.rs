@@ -22,6 +22,16 @@ pub struct Config {
     /// re-queues the job when it expires.
     #[arg(long, env = "JOBMESH_LEASE_MS", default_value_t = 15_000)]
     pub lease_ms: u64,
+    /// Log lines per second one attempt may send, on average (bursts of twice
+    /// the log window go at once): a worker keeping to its log window is paced
+    /// by when its lines are acknowledged, so one job printing as fast as it can
+    /// does not take the machine from the others. 0: no limit.
+    #[arg(
+        long,
+        env = "JOBMESH_MAX_LOG_LINES_PER_SECOND",
+        default_value_t = 10_000
+    )]
+    pub max_log_lines_per_second: u32,
     /// How long JetStream waits for a pulled message to be acked before it delivers
     /// it again (milliseconds): the delay after which the queue messages held by a
     /// dispatcher that died are handed to another.
@@ -42,6 +52,7 @@ impl Config {
             job_store_url: job_store_url.into(),
             nats,
             lease_ms: 15_000,
+            max_log_lines_per_second: 10_000,
             ack_wait_ms: 30_000,
             auth: jobmesh_runtime::auth::AuthConfig::insecure(),
             metrics: jobmesh_runtime::metrics::MetricsConfig::default(),

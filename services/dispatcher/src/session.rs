@@ -3,9 +3,11 @@
 //! job-store refuses as stale makes the dispatcher tell the worker to stop that
 //! attempt.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use std::time::SystemTime;
@@ -16,10 +18,10 @@ use jobmesh_proto::internal::{
 };
 use jobmesh_proto::v1::worker_service_server::WorkerService;
 use jobmesh_proto::v1::{
-    ConnectRequest, ConnectResponse, JobCancellation, JobLog, WorkerHello, WorkerWelcome,
-    connect_request, connect_response,
+    ConnectRequest, ConnectResponse, JobCancellation, JobLog, JobLogsStored, WorkerHello,
+    WorkerWelcome, connect_request, connect_response,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
@@ -41,6 +43,11 @@ const MAX_SLOTS: i32 = 10_000;
 const LANES: usize = 32;
 /// Reports buffered per lane before the worker's stream is read more slowly.
 const LANE_BUFFER: usize = 64;
+/// Log lines of one attempt a worker may have in flight (told in the welcome).
+const LOG_WINDOW: i32 = 1024;
+/// Bytes of log lines a session's lanes may hold; a worker that ignores its log
+/// window waits for room here.
+const SESSION_LOG_BYTES: usize = 8 * 1024 * 1024;
 /// Longest progress message kept (bytes) and log line kept (characters).
 const MAX_TEXT: usize = 4096;
 /// Longest worker name and version, and host, in characters.
@@ -178,6 +185,7 @@ impl WorkerService for WorkerGrpc {
                 worker_id: worker_id.clone(),
                 heartbeat_interval: prost_types::Duration::try_from(heartbeat_interval(&self.ctx))
                     .ok(),
+                log_window: LOG_WINDOW,
             })),
         };
         tx.send(welcome)
@@ -257,31 +265,39 @@ async fn serve_session(
     let session = peer.session;
     let token: Option<Arc<str>> = peer.token.map(Arc::from);
     let lanes_count = slots.clamp(1, LANES);
+    // What the lanes may hold, as permits taken by the reader before it hands a
+    // message over and returned once the message is handled: reports by count,
+    // log lines by bytes. A worker within its log window never exhausts the log
+    // budget, so the reader never waits behind a chatty job's lines; one that
+    // ignores the window is read at the pace its lines are stored.
+    let reports_budget = Arc::new(Semaphore::new(lanes_count * LANE_BUFFER));
+    let pacer = Arc::new(LogPacer::default());
+    let logs_budget = Arc::new(Semaphore::new(SESSION_LOG_BYTES));
     let lane_tasks = tokio_util::task::TaskTracker::new();
     let mut lanes = Vec::with_capacity(lanes_count);
     for _ in 0..lanes_count {
-        let (lane_tx, mut lane_rx) =
-            mpsc::channel::<(connect_request::Message, SystemTime)>(LANE_BUFFER);
+        let (lane_tx, mut lane_rx) = mpsc::unbounded_channel::<LaneItem>();
         let ctx = Arc::clone(ctx);
         let tx = tx.clone();
-        let mut logs = LogBuffer::new(token.clone());
+        let mut logs = LogBuffer::new(token.clone(), Arc::clone(&pacer));
         lane_tasks.spawn(async move {
             // Log lines waiting in the lane go to job-store together; a job's
             // lines are stored before any later report of the job is handled, so
             // its last lines are in before its outcome ends it.
             while let Some(first) = lane_rx.recv().await {
                 let mut next = Some(first);
-                while let Some((message, received)) = next.take() {
-                    match message {
+                while let Some(item) = next.take() {
+                    match item.message {
                         connect_request::Message::Log(log) => {
                             if !logs.fits(&log) {
                                 logs.flush(&ctx, session, &tx).await;
                             }
-                            logs.push(&ctx, session, log, received);
+                            logs.push(&ctx, session, log, item.received, item.permit);
                         }
                         other => {
                             logs.flush(&ctx, session, &tx).await;
                             handle(&ctx, session, &tx, other).await;
+                            drop(item.permit);
                         }
                     }
                     next = lane_rx.try_recv().ok();
@@ -312,11 +328,40 @@ async fn serve_session(
                 message: Some(message),
             })) => match job_of(&message).map(|job| lane_of(job, lanes.len())) {
                 Some(lane) => {
-                    if lanes[lane]
-                        .send((message, SystemTime::now()))
-                        .await
-                        .is_err()
-                    {
+                    let received = SystemTime::now();
+                    let permit = match &message {
+                        connect_request::Message::Log(log) => {
+                            let bytes = u32::try_from(log.line.len().clamp(1, SESSION_LOG_BYTES))
+                                .unwrap_or(u32::MAX);
+                            tokio::time::timeout(
+                                silence,
+                                Arc::clone(&logs_budget).acquire_many_owned(bytes),
+                            )
+                            .await
+                        }
+                        _ => {
+                            tokio::time::timeout(
+                                silence,
+                                Arc::clone(&reports_budget).acquire_owned(),
+                            )
+                            .await
+                        }
+                    };
+                    // The lanes stay full only while job-store does not answer or
+                    // the worker does not read its own stream (acknowledgements
+                    // wait for it): past a lease, the session ends like a silent one.
+                    let Ok(Ok(permit)) = permit else {
+                        break format!(
+                            "the worker's reports could not be handled for {}ms (job-store unavailable, or the worker does not read its stream)",
+                            silence.as_millis()
+                        );
+                    };
+                    let item = LaneItem {
+                        message,
+                        received,
+                        permit,
+                    };
+                    if lanes[lane].send(item).is_err() {
                         break "a report lane stopped".to_owned();
                     }
                 }
@@ -455,6 +500,56 @@ async fn handle(
     }
 }
 
+/// Paces each attempt's log lines to the configured rate: the acknowledgement of
+/// lines beyond it is sent late, which holds the worker's window shut.
+#[derive(Default)]
+struct LogPacer {
+    /// Per attempt: tokens (lines that may go now; negative is a debt) and when
+    /// they were counted.
+    buckets: Mutex<HashMap<(String, i32), (f64, Instant)>>,
+}
+
+impl LogPacer {
+    /// How long to hold back the acknowledgement of `lines` lines of `attempt`.
+    fn delay(&self, attempt: &(String, i32), lines: i32, rate: u32) -> Duration {
+        if rate == 0 {
+            return Duration::ZERO;
+        }
+        let (rate, burst) = (f64::from(rate), f64::from(2 * LOG_WINDOW));
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded: attempts of this session only; forgotten wholesale past a size
+        // no set of slots reaches (a forgotten attempt starts with a full burst).
+        if buckets.len() > 4 * MAX_SLOTS as usize {
+            buckets.clear();
+        }
+        let (tokens, at) = buckets.entry(attempt.clone()).or_insert((burst, now));
+        *tokens = (*tokens + rate * now.duration_since(*at).as_secs_f64()).min(burst);
+        *at = now;
+        *tokens -= f64::from(lines);
+        if *tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-*tokens / rate)
+        }
+    }
+
+    fn forget(&self, attempt: &(String, i32)) {
+        self.buckets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(attempt);
+    }
+}
+
+/// A message handed from the session's reader to a lane, with the budget it
+/// takes until it is handled.
+struct LaneItem {
+    message: connect_request::Message,
+    received: SystemTime,
+    permit: OwnedSemaphorePermit,
+}
+
 /// Log lines of one lane waiting to go to job-store, grouped by attempt in the
 /// order they arrived.
 struct LogBuffer {
@@ -462,15 +557,24 @@ struct LogBuffer {
     lines: usize,
     bytes: usize,
     token: Option<Arc<str>>,
+    /// Lines received per attempt since the last flush (stored, refused or not
+    /// held alike), acknowledged to the worker after the flush.
+    received: Vec<((String, i32), i32)>,
+    /// The budget the waiting lines take, returned once they are handled.
+    permits: Vec<OwnedSemaphorePermit>,
+    pacer: Arc<LogPacer>,
 }
 
 impl LogBuffer {
-    fn new(token: Option<Arc<str>>) -> Self {
+    fn new(token: Option<Arc<str>>, pacer: Arc<LogPacer>) -> Self {
         Self {
             batches: Vec::new(),
             lines: 0,
             bytes: 0,
             token,
+            received: Vec::new(),
+            permits: Vec::new(),
+            pacer,
         }
     }
 
@@ -482,7 +586,21 @@ impl LogBuffer {
 
     /// Adds a line of an attempt the worker holds; other lines are dropped (and
     /// counted): a worker speaks only for what it was given.
-    fn push(&mut self, ctx: &Context, session: SessionId, log: JobLog, received: SystemTime) {
+    fn push(
+        &mut self,
+        ctx: &Context,
+        session: SessionId,
+        log: JobLog,
+        received: SystemTime,
+        permit: OwnedSemaphorePermit,
+    ) {
+        self.permits.push(permit);
+        match self.received.last_mut() {
+            Some((attempt, count)) if attempt.0 == log.job_id && attempt.1 == log.attempt => {
+                *count += 1;
+            }
+            _ => self.received.push((key(&log.job_id, log.attempt), 1)),
+        }
         if !ctx.registry.holds(session, &key(&log.job_id, log.attempt)) {
             crate::metrics::log_lines_refused("not_held", 1);
             return;
@@ -520,6 +638,56 @@ impl LogBuffer {
     /// that is no longer running: the worker is told to stop it, as for any
     /// other stale report.
     async fn flush(
+        &mut self,
+        ctx: &Context,
+        session: SessionId,
+        tx: &mpsc::Sender<ConnectResponse>,
+    ) {
+        self.store(ctx, session, tx).await;
+        self.permits.clear();
+        // Acknowledged after they are handled, so the worker's window reopens for
+        // exactly those lines; a worker that left ignores the rest.
+        let mut acks: Vec<((String, i32), i32)> = Vec::new();
+        for (attempt, count) in self.received.drain(..) {
+            match acks.iter_mut().find(|(a, _)| *a == attempt) {
+                Some((_, total)) => *total += count,
+                None => acks.push((attempt, count)),
+            }
+        }
+        for (attempt, lines) in acks {
+            let delay = self
+                .pacer
+                .delay(&attempt, lines, ctx.config.max_log_lines_per_second);
+            if !ctx.registry.holds(session, &attempt) {
+                self.pacer.forget(&attempt);
+            }
+            let ack = ConnectResponse {
+                message: Some(connect_response::Message::LogsStored(JobLogsStored {
+                    job_id: attempt.0,
+                    attempt: attempt.1,
+                    lines,
+                })),
+            };
+            // A worker that does not read its stream for a lease loses the
+            // acknowledgement; its session ends (the reader gives up waiting).
+            let lease = ctx.config.lease();
+            if delay.is_zero() {
+                let sent = tokio::time::timeout(lease, tx.send(ack)).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    return;
+                }
+            } else {
+                // Late, without holding up the lane's other jobs.
+                let tx = tx.clone();
+                ctx.tracker.spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = tokio::time::timeout(lease, tx.send(ack)).await;
+                });
+            }
+        }
+    }
+
+    async fn store(
         &mut self,
         ctx: &Context,
         session: SessionId,

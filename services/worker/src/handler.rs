@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use jobmesh_proto::v1::{ConnectRequest, JobLog, JobProgress, LogStream, connect_request};
-use tokio::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// A failure returned by a handler.
@@ -50,7 +52,12 @@ pub struct JobContext {
     /// Labels of the job.
     pub labels: HashMap<String, String>,
     pub(crate) cancel: CancellationToken,
-    pub(crate) out: mpsc::Sender<ConnectRequest>,
+    pub(crate) out: crate::outbound::Outbound,
+    /// The attempt's log window: one permit per line in flight, given back when
+    /// the dispatcher says the lines were handled (`None`: no window).
+    pub(crate) log_credit: Option<Arc<Semaphore>>,
+    /// Lines this attempt queued, so that its outcome goes after them.
+    pub(crate) lines: Arc<AtomicU64>,
 }
 
 impl JobContext {
@@ -92,19 +99,32 @@ impl JobContext {
     }
 
     /// Sends a log line that came from a given output stream (stdout, stderr).
+    /// Waits while the attempt's log window is full (its earlier lines are still
+    /// being stored), so a chatty handler slows itself, not the other jobs.
     pub async fn log_to(&self, stream: LogStream, line: impl Into<String>) {
+        if let Some(credit) = &self.log_credit
+            && let Ok(permit) = credit.acquire().await
+        {
+            // Given back by the dispatcher's acknowledgement, not by this call.
+            permit.forget();
+        }
         let report = connect_request::Message::Log(JobLog {
             job_id: self.job_id.clone(),
             attempt: self.attempt,
             line: line.into(),
             stream: stream as i32,
         });
-        let _ = self
+        let message = ConnectRequest {
+            message: Some(report),
+        };
+        if self
             .out
-            .send(ConnectRequest {
-                message: Some(report),
-            })
-            .await;
+            .log((self.job_id.clone(), self.attempt), message)
+            .await
+            .is_ok()
+        {
+            self.lines.fetch_add(1, Ordering::Release);
+        }
     }
 
     /// Resolves when the attempt is cancelled (by a user, a lost lease or a

@@ -8,6 +8,7 @@ mod builtin;
 mod config;
 mod exec;
 mod handler;
+mod outbound;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -19,8 +20,8 @@ use jobmesh_proto::v1::{
     ConnectRequest, JobAssignment, JobCancelled, JobFailed, JobSucceeded, WorkerHeartbeat,
     WorkerHello, connect_request, connect_response,
 };
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use std::sync::Arc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic_health::ServingStatus;
@@ -153,7 +154,7 @@ async fn session(
     let token = token.as_deref();
     let mut client =
         WorkerServiceClient::with_interceptor(channel, jobmesh_runtime::auth::Bearer::new(token));
-    let (out, out_rx) = mpsc::channel(OUTBOUND_BUFFER);
+    let (out, outbound) = outbound::Outbound::new(OUTBOUND_BUFFER);
     let hello = ConnectRequest {
         message: Some(connect_request::Message::Hello(WorkerHello {
             worker_id: worker_id.to_owned(),
@@ -169,16 +170,19 @@ async fn session(
         .await
         .map_err(|_| fail(false, "outbound queue closed".to_owned()))?;
     let mut inbound = client
-        .connect(ReceiverStream::new(out_rx))
+        .connect(outbound)
         .await
         .map_err(|s| fail(false, s.to_string()))?
         .into_inner();
-    let heartbeat = match inbound.message().await {
+    let (heartbeat, log_window) = match inbound.message().await {
         Ok(Some(message)) => match message.message {
-            Some(connect_response::Message::Welcome(welcome)) => welcome
-                .heartbeat_interval
-                .and_then(|d| Duration::try_from(d).ok())
-                .unwrap_or(Duration::from_secs(5)),
+            Some(connect_response::Message::Welcome(welcome)) => (
+                welcome
+                    .heartbeat_interval
+                    .and_then(|d| Duration::try_from(d).ok())
+                    .unwrap_or(Duration::from_secs(5)),
+                usize::try_from(welcome.log_window).unwrap_or(0),
+            ),
             _ => {
                 return Err(fail(
                     false,
@@ -196,16 +200,23 @@ async fn session(
 
     let running = TaskTracker::new();
     let mut tokens: HashMap<(String, i32), CancellationToken> = HashMap::new();
+    // The log window of each running attempt (see `JobContext::log_to`).
+    let mut credits: HashMap<(String, i32), Arc<Semaphore>> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, i32)>();
     let mut ticker = tokio::time::interval(heartbeat);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let outcome = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
-            Some(key) = done_rx.recv() => { tokens.remove(&key); }
+            Some(key) = done_rx.recv() => {
+                tokens.remove(&key);
+                if let Some(credit) = credits.remove(&key) {
+                    credit.close();
+                }
+            }
             _ = ticker.tick() => {
                 let beat = ConnectRequest { message: Some(connect_request::Message::Heartbeat(WorkerHeartbeat {})) };
-                if out.try_send(beat).is_err() {
+                if !out.try_send(beat) {
                     tracing::debug!("outbound queue full, heartbeat skipped");
                 }
             }
@@ -215,6 +226,11 @@ async fn session(
                         let key = (assignment.job_id.clone(), assignment.attempt);
                         let token = CancellationToken::new();
                         tokens.insert(key.clone(), token.clone());
+                        let credit = (log_window > 0).then(|| {
+                            let credit = Arc::new(Semaphore::new(log_window));
+                            credits.insert(key.clone(), Arc::clone(&credit));
+                            credit
+                        });
                         let handler = handlers.by_task.get(&assignment.task).cloned();
                         let out = out.clone();
                         let done = done_tx.clone();
@@ -244,7 +260,7 @@ async fn session(
                             );
                         }
                         running.spawn(async move {
-                            execute(assignment, handler, token, out).instrument(span).await;
+                            execute(assignment, handler, token, out, credit).instrument(span).await;
                             let _ = done.send(key);
                         });
                     }
@@ -252,6 +268,11 @@ async fn session(
                         if let Some(token) = tokens.get(&(c.job_id.clone(), c.attempt)) {
                             tracing::info!(job_id = %c.job_id, attempt = c.attempt, reason = %c.reason, "cancelling attempt");
                             token.cancel();
+                        }
+                    }
+                    Some(connect_response::Message::LogsStored(stored)) => {
+                        if let Some(credit) = credits.get(&(stored.job_id, stored.attempt)) {
+                            credit.add_permits(usize::try_from(stored.lines).unwrap_or(0));
                         }
                     }
                     Some(connect_response::Message::Welcome(_)) | None => {}
@@ -262,6 +283,10 @@ async fn session(
         }
     };
     running.close();
+    // Handlers waiting for log room stop waiting: the session is over.
+    for credit in credits.values() {
+        credit.close();
+    }
     if let Some(health) = health {
         health
             .set_service_status("", ServingStatus::NotServing)
@@ -333,7 +358,8 @@ async fn execute(
     assignment: JobAssignment,
     handler: Option<Handler>,
     cancel: CancellationToken,
-    out: mpsc::Sender<ConnectRequest>,
+    out: outbound::Outbound,
+    log_credit: Option<Arc<Semaphore>>,
 ) {
     let job_id = assignment.job_id.clone();
     let attempt = assignment.attempt;
@@ -353,6 +379,7 @@ async fn execute(
         let _ = out.send(failed(message, true)).await;
         return;
     };
+    let lines = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let ctx = JobContext {
         job_id: job_id.clone(),
         attempt,
@@ -367,6 +394,8 @@ async fn execute(
         labels: assignment.labels.clone(),
         cancel: cancel.clone(),
         out: out.clone(),
+        log_credit,
+        lines: Arc::clone(&lines),
     };
     let timeout = assignment.timeout.and_then(|t| Duration::try_from(t).ok());
     tracing::debug!(job_id, attempt, task = %assignment.task, "running");
@@ -463,7 +492,13 @@ async fn execute(
             failed(format!("the handler panicked: {detail}"), true)
         }
     };
-    if out.send(message).await.is_err() {
+    // After every line the attempt queued: they are stored before it ends.
+    let queued = lines.load(std::sync::atomic::Ordering::Acquire);
+    if out
+        .send_after(message, (job_id.clone(), attempt), queued)
+        .await
+        .is_err()
+    {
         tracing::warn!(
             job_id,
             attempt,
