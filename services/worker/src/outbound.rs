@@ -132,15 +132,14 @@ impl Merge {
                     return Some((message, self));
                 }
                 // Held: its attempt's lines go first, in queue order.
-                match self.logs.as_mut() {
-                    Some(logs) => match logs.recv().await {
+                if let Some(logs) = self.logs.as_mut() {
+                    match logs.recv().await {
                         Some((attempt, line)) => {
                             self.count(attempt);
                             return Some((line, self));
                         }
                         None => self.logs = None,
-                    },
-                    None => {}
+                    }
                 }
                 if self.logs.is_none() {
                     // No line will come any more: the outcome goes as it is.
