@@ -58,6 +58,14 @@ pub(crate) struct DevArgs {
     /// process on one endpoint, `/metrics`).
     #[arg(long, env = "JOBMESH_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
     metrics_listen: String,
+    /// Log lines per second one job may print on average (0: no limit); past
+    /// it the job's log calls wait, so a chatty job does not slow the others.
+    #[arg(
+        long,
+        env = "JOBMESH_MAX_LOG_LINES_PER_SECOND",
+        default_value_t = 10_000
+    )]
+    max_log_lines_per_second: u32,
     /// Calls the gateway handles at once before refusing more (load shedding).
     #[arg(long, env = "JOBMESH_MAX_INFLIGHT", default_value_t = 512)]
     max_inflight: usize,
@@ -135,6 +143,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut dispatcher_config =
         jobmesh_dispatcher::Config::new(job_store_url.clone(), args.nats.clone());
     dispatcher_config.auth = auth_config.clone();
+    dispatcher_config.max_log_lines_per_second = args.max_log_lines_per_second;
     let mut gateway_config =
         jobmesh_gateway::Config::new(job_store_url.clone(), dispatcher_url.clone());
     gateway_config.auth = auth_config;

@@ -43,6 +43,8 @@ const MAX_SLOTS: i32 = 10_000;
 const LANES: usize = 32;
 /// Reports buffered per lane before the worker's stream is read more slowly.
 const LANE_BUFFER: usize = 64;
+/// Longest a log line waits in its lane for more lines to share a write.
+const LOG_LINGER: Duration = Duration::from_millis(5);
 /// Log lines of one attempt a worker may have in flight (told in the welcome).
 const LOG_WINDOW: i32 = 1024;
 /// Bytes of log lines a session's lanes may hold; a worker that ignores its log
@@ -284,25 +286,43 @@ async fn serve_session(
             // Log lines waiting in the lane go to job-store together; a job's
             // lines are stored before any later report of the job is handled, so
             // its last lines are in before its outcome ends it.
-            while let Some(first) = lane_rx.recv().await {
+            // Lines wait up to LOG_LINGER for more to share their write (a job
+            // printing steadily costs a write per batch, not per line); any
+            // other report of the lane sends them at once.
+            'lane: while let Some(first) = lane_rx.recv().await {
                 let mut next = Some(first);
-                while let Some(item) = next.take() {
-                    match item.message {
-                        connect_request::Message::Log(log) => {
-                            if !logs.fits(&log) {
-                                logs.flush(&ctx, session, &tx).await;
+                loop {
+                    while let Some(item) = next.take() {
+                        match item.message {
+                            connect_request::Message::Log(log) => {
+                                if !logs.fits(&log) {
+                                    logs.flush(&ctx, session, &tx).await;
+                                }
+                                logs.push(&ctx, session, log, item.received, item.permit);
                             }
-                            logs.push(&ctx, session, log, item.received, item.permit);
+                            other => {
+                                logs.flush(&ctx, session, &tx).await;
+                                handle(&ctx, session, &tx, other).await;
+                                drop(item.permit);
+                            }
                         }
-                        other => {
+                        next = lane_rx.try_recv().ok();
+                    }
+                    let Some(left) = logs.linger_left() else {
+                        break;
+                    };
+                    match tokio::time::timeout(left, lane_rx.recv()).await {
+                        Ok(Some(item)) => next = Some(item),
+                        Ok(None) => {
                             logs.flush(&ctx, session, &tx).await;
-                            handle(&ctx, session, &tx, other).await;
-                            drop(item.permit);
+                            break 'lane;
+                        }
+                        Err(_) => {
+                            logs.flush(&ctx, session, &tx).await;
+                            break;
                         }
                     }
-                    next = lane_rx.try_recv().ok();
                 }
-                logs.flush(&ctx, session, &tx).await;
             }
         });
         lanes.push(lane_tx);
@@ -563,6 +583,8 @@ struct LogBuffer {
     /// The budget the waiting lines take, returned once they are handled.
     permits: Vec<OwnedSemaphorePermit>,
     pacer: Arc<LogPacer>,
+    /// When the oldest waiting line arrived.
+    since: Option<Instant>,
 }
 
 impl LogBuffer {
@@ -575,7 +597,15 @@ impl LogBuffer {
             received: Vec::new(),
             permits: Vec::new(),
             pacer,
+            since: None,
         }
+    }
+
+    /// How much longer the waiting lines may wait for company; `None` when no
+    /// line waits.
+    fn linger_left(&self) -> Option<Duration> {
+        self.since
+            .map(|since| LOG_LINGER.saturating_sub(since.elapsed()))
     }
 
     /// Whether one more line fits in this call's limits.
@@ -595,6 +625,7 @@ impl LogBuffer {
         permit: OwnedSemaphorePermit,
     ) {
         self.permits.push(permit);
+        self.since.get_or_insert_with(Instant::now);
         match self.received.last_mut() {
             Some((attempt, count)) if attempt.0 == log.job_id && attempt.1 == log.attempt => {
                 *count += 1;
@@ -643,6 +674,7 @@ impl LogBuffer {
         session: SessionId,
         tx: &mpsc::Sender<ConnectResponse>,
     ) {
+        self.since = None;
         self.store(ctx, session, tx).await;
         self.permits.clear();
         // Acknowledged after they are handled, so the worker's window reopens for
