@@ -42,7 +42,7 @@ pub(crate) struct DevArgs {
     #[arg(long, env = "JOBMESH_WORKER_SLOTS", default_value_t = 16)]
     worker_slots: u32,
     /// Let the built-in worker run a command per job of a task, to try your own
-    /// script: `TASK=COMMAND` (repeatable; in the environment, separated by `;`), as
+    /// script: `TASK=COMMAND` (repeatable; in the environment, one per line: a command may hold `;`), as
     /// on `jobmesh worker --exec`. The command runs as `sh -c COMMAND` with the
     /// job's args as JSON on stdin; JSON lines on stdout report progress
     /// (`{"progress": 50, "message": "…"}`), the result (`{"result": {…}}`) or an
@@ -50,7 +50,7 @@ pub(crate) struct DevArgs {
     #[arg(
         long = "exec",
         env = "JOBMESH_WORKER_EXEC",
-        value_delimiter = ';',
+        value_delimiter = '\n',
         value_name = "TASK=COMMAND"
     )]
     exec: Vec<String>,

@@ -38,14 +38,14 @@ pub struct Config {
     #[arg(long, env = "JOBMESH_WORKER_TOKEN_FILE", conflicts_with = "token")]
     pub token_file: Option<std::path::PathBuf>,
     /// Run a command per job of a task: `TASK=COMMAND` (repeatable; in the
-    /// environment, separated by `;`). The command runs as `sh -c COMMAND` with the
+    /// environment, one per line: a command may hold `;`). The command runs as `sh -c COMMAND` with the
     /// job's args as JSON on stdin; JSON lines on stdout report progress
     /// (`{"progress": 50, "message": "…"}`), the result (`{"result": {…}}`) or an
     /// error (`{"error": "…", "retryable": false}`).
     #[arg(
         long = "exec",
         env = "JOBMESH_WORKER_EXEC",
-        value_delimiter = ';',
+        value_delimiter = '\n',
         value_name = "TASK=COMMAND"
     )]
     pub exec: Vec<String>,
