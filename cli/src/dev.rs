@@ -203,7 +203,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         args.worker_slots,
         tasks.join(", "),
         jobmesh_job_store::redact(&args.database_url),
-        args.nats.url,
+        args.nats.redacted_url(),
         args.nats.prefix,
     );
     // Show the banner once the mesh answers (job-store creates the database and

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use jobmesh_proto::internal as pb;
 use jobmesh_proto::json::struct_depth;
 use jobmesh_proto::v1;
+use jobmesh_runtime::quote::quoted;
 use prost::Message as _;
 use tonic::Status;
 
@@ -32,6 +33,8 @@ pub(crate) const MAX_SCHEDULE_AHEAD: Duration = Duration::from_secs(365 * 24 * 3
 pub(crate) const DEFAULT_PAGE_SIZE: i32 = 50;
 pub(crate) const MAX_PAGE_SIZE: i32 = 1000;
 
+const NANOS_PER_SECOND: i32 = 1_000_000_000;
+
 fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {reason}"))
 }
@@ -42,7 +45,12 @@ pub(crate) fn job_id(value: &str) -> Result<String, Status> {
     }
     uuid::Uuid::parse_str(value)
         .map(|id| id.to_string())
-        .map_err(|_| invalid("job_id", format!("{value:?} is not a job id (a UUID)")))
+        .map_err(|_| {
+            invalid(
+                "job_id",
+                format!("{} is not a job id (a UUID)", quoted(value)),
+            )
+        })
 }
 
 fn task(value: &str) -> Result<(), Status> {
@@ -53,7 +61,8 @@ fn task(value: &str) -> Result<(), Status> {
         return Err(invalid(
             "task",
             format!(
-                "{value:?} is not a task name: use dot-separated segments of letters, digits, '_' or '-', each starting with a letter, at most 128 characters"
+                "{} is not a task name: use dot-separated segments of letters, digits, '_' or '-', each starting with a letter, at most 128 characters",
+                quoted(value)
             ),
         ));
     }
@@ -80,21 +89,23 @@ fn labels(field: &str, labels: &HashMap<String, String>) -> Result<(), Status> {
             return Err(invalid(
                 field,
                 format!(
-                    "key {key:?} must be 1-{MAX_LABEL_KEY} letters, digits, '.', '_', '-' or '/'"
+                    "key {} must be 1-{MAX_LABEL_KEY} letters, digits, '.', '_', '-' or '/'",
+                    quoted(key)
                 ),
             ));
         }
         if value.contains('\0') {
             return Err(invalid(
                 field,
-                format!("value of {key:?} contains a NUL character"),
+                format!("value of {} contains a NUL character", quoted(key)),
             ));
         }
         if value.len() > MAX_LABEL_VALUE {
             return Err(invalid(
                 field,
                 format!(
-                    "value of {key:?} is {} bytes, over the limit of {MAX_LABEL_VALUE}",
+                    "value of {} is {} bytes, over the limit of {MAX_LABEL_VALUE}",
+                    quoted(key),
                     value.len()
                 ),
             ));
@@ -109,6 +120,17 @@ fn duration(
     max: Duration,
 ) -> Result<Option<Duration>, Status> {
     let Some(value) = value else { return Ok(None) };
+    // A well-formed Duration keeps nanos within a second (and of the sign of
+    // seconds); the conversion would quietly carry them into seconds.
+    if !(0..NANOS_PER_SECOND).contains(&value.nanos) {
+        return Err(invalid(
+            field,
+            format!(
+                "nanos {} is outside 0 to 999999999 (seconds and nanos of a non-negative duration)",
+                value.nanos
+            ),
+        ));
+    }
     let d =
         Duration::try_from(value).map_err(|_| invalid(field, "must be a non-negative duration"))?;
     if d > max {
@@ -214,6 +236,12 @@ pub(crate) fn submit(
         ));
     }
     if let Some(at) = r.schedule_time {
+        if !(0..NANOS_PER_SECOND).contains(&at.nanos) {
+            return Err(invalid(
+                "schedule_time",
+                format!("nanos {} is outside 0 to 999999999", at.nanos),
+            ));
+        }
         let when = SystemTime::try_from(at)
             .map_err(|_| invalid("schedule_time", "not a valid timestamp"))?;
         if when > SystemTime::now() + MAX_SCHEDULE_AHEAD {
@@ -271,9 +299,12 @@ fn nul_in_value(value: &prost_types::Value, path: &str) -> Option<String> {
 fn label_filter(entries: &[String]) -> Result<HashMap<String, String>, Status> {
     let mut filter = HashMap::with_capacity(entries.len());
     for entry in entries {
-        let (key, value) = entry
-            .split_once('=')
-            .ok_or_else(|| invalid("labels", format!("{entry:?} is not written key=value")))?;
+        let (key, value) = entry.split_once('=').ok_or_else(|| {
+            invalid(
+                "labels",
+                format!("{} is not written key=value", quoted(entry)),
+            )
+        })?;
         filter.insert(key.to_owned(), value.to_owned());
     }
     labels("labels", &filter)?;
@@ -404,6 +435,42 @@ mod tests {
             submit("t", r).expect_err("year 5").message(),
             "schedule_time: is before 1970-01-01; leave it unset to run as soon as possible"
         );
+    }
+
+    #[test]
+    fn out_of_range_nanos_are_refused_not_carried() {
+        let mut r = request("demo.echo");
+        r.timeout = Some(prost_types::Duration {
+            seconds: 1,
+            nanos: 2_000_000_000,
+        });
+        let e = submit("t", r).expect_err("nanos past a second");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message().starts_with("timeout: nanos 2000000000"),
+            "{}",
+            e.message()
+        );
+        let mut r = request("demo.echo");
+        r.schedule_time = Some(prost_types::Timestamp {
+            seconds: 1_800_000_000,
+            nanos: -1,
+        });
+        let e = submit("t", r).expect_err("negative nanos");
+        assert!(
+            e.message().starts_with("schedule_time: nanos -1"),
+            "{}",
+            e.message()
+        );
+        let mut r = request("demo.echo");
+        r.retry_policy = Some(v1::RetryPolicy {
+            initial_backoff: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 1_000_000_000,
+            }),
+            ..Default::default()
+        });
+        assert!(submit("t", r).is_err());
     }
 
     #[test]

@@ -61,6 +61,8 @@ pub struct MeshOptions {
     pub gateway: fn(&mut jobmesh_gateway::Config),
     /// job-store settings applied on top of the test defaults (log limits).
     pub store: fn(&mut jobmesh_job_store::Config),
+    /// Dispatcher settings applied on top of the test defaults.
+    pub dispatcher: fn(&mut jobmesh_dispatcher::Config),
 }
 
 impl Default for MeshOptions {
@@ -70,6 +72,7 @@ impl Default for MeshOptions {
             lease_ms: 15_000,
             gateway: |_| {},
             store: |_| {},
+            dispatcher: |_| {},
         }
     }
 }
@@ -159,6 +162,7 @@ impl Mesh {
             jobmesh_dispatcher::Config::new(job_store_url.clone(), nats.clone());
         dispatcher_config.lease_ms = options.lease_ms;
         dispatcher_config.auth = auth_config.clone();
+        (options.dispatcher)(&mut dispatcher_config);
         let mut tasks = Vec::new();
         let dispatcher_stop = core.child_token();
         let dispatcher = spawn_dispatcher(

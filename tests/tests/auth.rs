@@ -609,3 +609,48 @@ async fn rest_bodies_being_read_count_against_the_cap() -> anyhow::Result<()> {
     mesh.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_authorization_headers_are_refused() -> anyhow::Result<()> {
+    let mesh = Mesh::start(MeshOptions::default()).await?;
+    let good = mesh.token(TENANT, &scope::USER);
+    let bearer = format!("Bearer {good}");
+    // gRPC: the same valid token twice is still two credentials.
+    let channel = jobmesh_runtime::grpc::channel(&mesh.gateway_url)?;
+    let mut jobs = v1::job_service_client::JobServiceClient::new(channel);
+    let mut request = tonic::Request::new(v1::ListJobsRequest::default());
+    for _ in 0..2 {
+        request
+            .metadata_mut()
+            .append("authorization", bearer.parse()?);
+    }
+    let status = jobs.list_jobs(request).await.expect_err("two credentials");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(
+        status.message(),
+        "2 authorization headers were sent; send exactly one"
+    );
+    // REST: the same.
+    let address = mesh.gateway_url.trim_start_matches("http://");
+    let reply = jobmesh_tests::http::request(
+        address,
+        "POST",
+        "/v1/jobs",
+        &[
+            ("Authorization", &bearer),
+            ("Authorization", &bearer),
+            ("Content-Type", "application/json"),
+        ],
+        br#"{"task":"demo.echo"}"#,
+    )
+    .await?;
+    assert_eq!(
+        reply.status,
+        401,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(job_count(&mesh, TENANT).await?, 0, "nothing was created");
+    mesh.stop().await;
+    Ok(())
+}

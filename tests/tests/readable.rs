@@ -824,3 +824,47 @@ async fn a_worker_describing_itself_badly_is_refused() -> anyhow::Result<()> {
     mesh.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_kept_while_the_job_runs_and_go_after_their_retention() -> anyhow::Result<()> {
+    let mesh = Mesh::start(MeshOptions {
+        store: |config| config.log_retention = Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await?;
+    let job = mesh
+        .submit(v1::SubmitJobRequest {
+            args: serde_json::json!({"lines": 2, "interval_ms": 2500})
+                .as_object()
+                .map(jobmesh_proto::json::json_to_struct),
+            ..submit("demo.logs")
+        })
+        .await?;
+    // Older than the retention, but the job still runs: kept.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let early = read_logs(&mesh, logs_of(&job.id)).await?;
+    assert_eq!(early.len(), 1, "{:?}", texts(&early));
+    let done = mesh.finished(&job.id, Duration::from_secs(30)).await?;
+    assert_eq!(done.state(), JobState::Succeeded);
+    let mut left = read_logs(&mesh, logs_of(&job.id)).await?.len();
+    for _ in 0..100 {
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = read_logs(&mesh, logs_of(&job.id)).await?.len();
+    }
+    assert_eq!(left, 0, "the logs went within seconds of the retention");
+    let still = mesh
+        .jobs()
+        .get_job(v1::GetJobRequest {
+            job_id: job.id.clone(),
+        })
+        .await?
+        .into_inner()
+        .job
+        .context("job")?;
+    assert_eq!(still.state(), JobState::Succeeded, "the job itself stays");
+    mesh.stop().await;
+    Ok(())
+}

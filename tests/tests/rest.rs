@@ -406,3 +406,67 @@ async fn the_openapi_document_is_served_and_matches_the_committed_copy() -> anyh
     mesh.stop().await;
     Ok(())
 }
+
+/// A huge invalid value is refused with INVALID_ARGUMENT and a short message that
+/// quotes only its start: never echoed whole (a 1 MB echo made gRPC clients see
+/// RESOURCE_EXHAUSTED for the metadata and REST answer a 1 MB 400).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_values_are_quoted_short_in_errors() -> anyhow::Result<()> {
+    let mesh = Mesh::start(MeshOptions::default()).await?;
+    let huge = "x".repeat(1_000_000);
+    let status = mesh
+        .jobs()
+        .get_job(jobmesh_proto::v1::GetJobRequest {
+            job_id: huge.clone(),
+        })
+        .await
+        .expect_err("not a job id");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().len() < 300,
+        "{} bytes",
+        status.message().len()
+    );
+    assert!(
+        status
+            .message()
+            .ends_with("… (cut, 1000000 characters in all) is not a job id (a UUID)"),
+        "{}",
+        status.message()
+    );
+    let status = mesh
+        .jobs()
+        .submit_job(jobmesh_proto::v1::SubmitJobRequest {
+            task: format!("bad {huge}"),
+            ..Default::default()
+        })
+        .await
+        .expect_err("not a task name");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().len() < 400,
+        "{} bytes",
+        status.message().len()
+    );
+    let rest = Rest::of(&mesh);
+    let long_id = "y".repeat(50_000);
+    let reply = request(
+        &rest.address,
+        "GET",
+        &format!("/v1/jobs/{long_id}"),
+        &[("Authorization", &format!("Bearer {}", rest.token))],
+        b"",
+    )
+    .await?;
+    assert_eq!(reply.status, 400);
+    assert!(reply.body.len() < 500, "{} bytes", reply.body.len());
+    assert_eq!(reply.json()?["code"], 3);
+    let listed = mesh
+        .jobs()
+        .list_jobs(jobmesh_proto::v1::ListJobsRequest::default())
+        .await?
+        .into_inner();
+    assert!(listed.jobs.is_empty(), "nothing was created");
+    mesh.stop().await;
+    Ok(())
+}

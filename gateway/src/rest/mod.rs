@@ -110,7 +110,26 @@ where
             return inner.call(request).boxed();
         }
         let shim = Arc::clone(&self.shim);
-        async move { Ok(handle(&shim, inner, request).await) }.boxed()
+        // tonic's own Grpc-Timeout timer wraps every service of the server, this
+        // one included, and answers in gRPC framing (a REST caller would see 200
+        // and an empty body). This timer ends a millisecond earlier, in the same
+        // task, and is polled first: a REST caller always gets a REST answer.
+        let limit = jobmesh_runtime::grpc::header_deadline(request.headers())
+            .map(|d| d.saturating_sub(std::time::Duration::from_millis(1)));
+        async move {
+            let handling = handle(&shim, inner, request);
+            Ok(match limit {
+                Some(limit) => tokio::time::timeout(limit, handling)
+                    .await
+                    .unwrap_or_else(|_| {
+                        status_response(&Status::deadline_exceeded(
+                            "the call did not finish within its Grpc-Timeout",
+                        ))
+                    }),
+                None => handling.await,
+            })
+        }
+        .boxed()
     }
 }
 
@@ -245,7 +264,8 @@ async fn transcode(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 Code::InvalidArgument,
                 format!(
-                    "the body must be JSON: send Content-Type: application/json (got {found:?})"
+                    "the body must be JSON: send Content-Type: application/json (got {})",
+                    jobmesh_runtime::quote::quoted(&found)
                 ),
             ));
         }
@@ -273,7 +293,8 @@ async fn transcode(
         for (name, value) in routes::query_pairs(query) {
             if route.body == "*" || path_fields.contains(&name.as_str()) {
                 return Err(Refusal::bad_request(format!(
-                    "unknown query parameter {name:?}"
+                    "unknown query parameter {}",
+                    jobmesh_runtime::quote::quoted(&name)
                 )));
             }
             routes::bind(&mut message, &name, &value)
@@ -281,8 +302,12 @@ async fn transcode(
         }
     }
     for (field, value) in bound {
-        routes::bind(&mut message, &field, &value)
-            .map_err(|e| Refusal::bad_request(format!("path variable {field:?}: {e}")))?;
+        routes::bind(&mut message, &field, &value).map_err(|e| {
+            Refusal::bad_request(format!(
+                "path variable {}: {e}",
+                jobmesh_runtime::quote::quoted(&field)
+            ))
+        })?;
     }
     Ok((message, metadata))
 }

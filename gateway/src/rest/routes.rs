@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use jobmesh_runtime::quote::quoted;
 use prost_reflect::{
     DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor,
     ReflectMessage as _, Value,
@@ -254,9 +255,9 @@ pub(crate) fn find_field(message: &MessageDescriptor, path: &str) -> Option<Vec<
 /// Why a path variable or query parameter could not be bound.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub(crate) enum BindError {
-    #[error("unknown query parameter {0:?}")]
+    #[error("unknown query parameter {}", quoted(.0))]
     Unknown(String),
-    #[error("query parameter {name:?}: {why}")]
+    #[error("query parameter {}: {why}", quoted(name))]
     Value { name: String, why: String },
 }
 
@@ -298,13 +299,13 @@ pub(crate) fn bind(message: &mut DynamicMessage, path: &str, text: &str) -> Resu
 }
 
 fn scalar(field: &FieldDescriptor, text: &str) -> Result<Value, String> {
-    let number = |kind: &str| format!("{text:?} is not a valid {kind}");
+    let number = |kind: &str| format!("{} is not a valid {kind}", quoted(text));
     Ok(match field.kind() {
         Kind::String => Value::String(text.to_owned()),
         Kind::Bool => match text {
             "true" => Value::Bool(true),
             "false" => Value::Bool(false),
-            _ => return Err(format!("{text:?} is not true or false")),
+            _ => return Err(format!("{} is not true or false", quoted(text))),
         },
         Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
             Value::I32(text.parse().map_err(|_| number("32-bit integer"))?)
@@ -331,7 +332,11 @@ fn scalar(field: &FieldDescriptor, text: &str) -> Result<Value, String> {
                 None => {
                     let names: Vec<String> =
                         enumeration.values().map(|v| v.name().to_owned()).collect();
-                    return Err(format!("{text:?} is not one of {}", names.join(", ")));
+                    return Err(format!(
+                        "{} is not one of {}",
+                        quoted(text),
+                        names.join(", ")
+                    ));
                 }
             }
         }

@@ -137,7 +137,7 @@ pub async fn run(
         .connect("jobmesh-dispatcher")
         .await
         .map_err(|e| RunError::Nats {
-            url: config.nats.url.clone(),
+            url: config.nats.redacted_url(),
             message: e.to_string(),
         })?;
     let jetstream = jetstream::new(nats.clone());
@@ -206,7 +206,7 @@ pub async fn run(
         ctx: Arc::clone(&ctx),
     });
     let address = listener.local_addr().ok();
-    tracing::info!(?address, job_store = %ctx.config.job_store_url, nats = %ctx.config.nats.url, "dispatcher serving");
+    tracing::info!(?address, job_store = %ctx.config.job_store_url, nats = %ctx.config.nats.redacted_url(), "dispatcher serving");
     let stopping = shutdown.clone();
     let result = jobmesh_runtime::grpc::server()
         .add_service(health_service)

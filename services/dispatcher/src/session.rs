@@ -26,6 +26,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use jobmesh_runtime::grpc::traced_in;
+use jobmesh_runtime::quote::quoted;
 
 use crate::Context;
 use crate::registry::{About, LastSeen, SessionId};
@@ -92,7 +93,8 @@ fn validate_hello(hello: &WorkerHello) -> Result<(), Status> {
         .find(|t| !jobmesh_runtime::names::is_task_name(t))
     {
         return Err(Status::invalid_argument(format!(
-            "hello.tasks: {bad:?} is not a task name (dot-separated segments of letters, digits, '_' or '-')"
+            "hello.tasks: {} is not a task name (dot-separated segments of letters, digits, '_' or '-')",
+            quoted(bad)
         )));
     }
     if !(1..=MAX_SLOTS).contains(&hello.slots) {
@@ -126,12 +128,14 @@ fn validate_hello(hello: &WorkerHello) -> Result<(), Status> {
                 .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b));
         if !key_ok {
             return Err(Status::invalid_argument(format!(
-                "hello.labels: key {key:?} must be 1 to {MAX_LABEL_KEY} letters, digits, '.', '_', '/' or '-'"
+                "hello.labels: key {} must be 1 to {MAX_LABEL_KEY} letters, digits, '.', '_', '/' or '-'",
+                quoted(key)
             )));
         }
         if value.chars().count() > MAX_LABEL_VALUE {
             return Err(Status::invalid_argument(format!(
-                "hello.labels: value of {key:?} exceeds {MAX_LABEL_VALUE} characters"
+                "hello.labels: value of {} exceeds {MAX_LABEL_VALUE} characters",
+                quoted(key)
             )));
         }
     }

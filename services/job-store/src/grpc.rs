@@ -40,7 +40,10 @@ pub(crate) struct JobStoreGrpc {
 fn job_id(field: &'static str, value: &str) -> Result<Uuid, Error> {
     Uuid::parse_str(value).map_err(|_| Error::InvalidArgument {
         field,
-        reason: format!("{value:?} is not a job id (a UUID)"),
+        reason: format!(
+            "{} is not a job id (a UUID)",
+            jobmesh_runtime::quote::quoted(value)
+        ),
     })
 }
 

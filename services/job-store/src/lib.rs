@@ -55,7 +55,7 @@ pub async fn run(
         .map_err(RunError::Metrics)?;
     let pool = db::connect(&config.database_url, config.database_pool_size).await?;
     let nats_error = |message: String| RunError::Nats {
-        url: config.nats.url.clone(),
+        url: config.nats.redacted_url(),
         message,
     };
     let client = config
@@ -135,7 +135,7 @@ pub async fn run(
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
     let address = listener.local_addr().ok();
-    tracing::info!(?address, database = %redact(&config.database_url), nats = %config.nats.url, "job-store serving");
+    tracing::info!(?address, database = %redact(&config.database_url), nats = %config.nats.redacted_url(), "job-store serving");
     let stopping = shutdown.clone();
     let health_on_stop = health.clone();
     let result = jobmesh_runtime::grpc::server()

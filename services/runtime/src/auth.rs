@@ -432,6 +432,8 @@ pub enum Refusal {
     Missing,
     #[error("the authorization value is not `Bearer <token>`")]
     NotBearer,
+    #[error("{0} authorization headers were sent; send exactly one")]
+    Repeated(usize),
     #[error("the bearer token is not a well-formed JWT (header.payload.signature, base64url)")]
     Malformed,
     #[error("unsigned tokens (alg \"none\") are refused")]
@@ -705,6 +707,12 @@ fn header_of(token: &str) -> Result<serde_json::Map<String, Value>, Refusal> {
 
 /// The bearer token of a request's `authorization` metadata.
 pub fn bearer(metadata: &tonic::metadata::MetadataMap) -> Result<&str, Refusal> {
+    // Two credentials are one too many: which one a proxy or a library looks at
+    // is anyone's guess.
+    let sent = metadata.get_all("authorization").iter().count();
+    if sent > 1 {
+        return Err(Refusal::Repeated(sent));
+    }
     let value = metadata.get("authorization").ok_or(Refusal::Missing)?;
     let value = value.to_str().map_err(|_| Refusal::NotBearer)?;
     let (scheme, token) = value.split_once(' ').ok_or(Refusal::NotBearer)?;

@@ -108,7 +108,15 @@ const MAX_FORWARDED_DEADLINE: Duration = Duration::from_secs(3600);
 /// The deadline a caller gave in its `grpc-timeout` header, if any, so the same
 /// deadline can be applied to the internal calls made on its behalf.
 pub fn deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    parse_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)
+}
+
+/// [`deadline`] from HTTP headers (the REST shim's `Grpc-Timeout`).
+pub fn header_deadline(headers: &http::HeaderMap) -> Option<Duration> {
+    parse_timeout(headers.get("grpc-timeout")?.to_str().ok()?)
+}
+
+fn parse_timeout(value: &str) -> Option<Duration> {
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     let amount: u64 = digits.parse().ok()?;
     let duration = match unit {

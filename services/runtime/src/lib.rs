@@ -8,6 +8,7 @@ pub mod health;
 pub mod metrics;
 pub mod names;
 pub mod nats;
+pub mod quote;
 pub mod shutdown;
 pub mod telemetry;
 pub mod trace;

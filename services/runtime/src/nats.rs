@@ -84,20 +84,62 @@ impl NatsConfig {
         format!("{}.cancel", self.prefix)
     }
 
+    /// The URL (or comma-separated URLs) without credentials, for logs and
+    /// errors: `nats://user:pass@host` shows as `nats://user:***@host`, a token
+    /// (`nats://token@host`) as `nats://***@host`.
+    pub fn redacted_url(&self) -> String {
+        self.url
+            .split(',')
+            .map(|url| {
+                let (bare, userinfo) = split_userinfo(url.trim());
+                match userinfo {
+                    None => bare,
+                    Some(userinfo) => {
+                        let shown = match userinfo.split_once(':') {
+                            Some((user, _)) => format!("{user}:***"),
+                            None => "***".to_owned(),
+                        };
+                        bare.replacen("://", &format!("://{shown}@"), 1)
+                    }
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// Connects with settings suited to a long-running service: unlimited
     /// reconnects and bounded buffers.
     pub async fn connect(
         &self,
         name: &str,
     ) -> Result<async_nats::Client, async_nats::ConnectError> {
-        async_nats::ConnectOptions::new()
+        // Credentials go through the options, never inside the URL: the client
+        // logs the server address it connects to (at debug), password and all.
+        let mut bare = Vec::new();
+        let mut credentials = None;
+        for url in self.url.split(',') {
+            let (url, userinfo) = split_userinfo(url.trim());
+            bare.push(url);
+            credentials = credentials.or(userinfo);
+        }
+        let options = async_nats::ConnectOptions::new();
+        let options = match credentials.as_deref().map(|c| c.split_once(':')) {
+            Some(Some((user, password))) => {
+                options.user_and_password(percent_decoded(user), percent_decoded(password))
+            }
+            Some(None) => {
+                options.token(percent_decoded(credentials.as_deref().unwrap_or_default()))
+            }
+            None => options,
+        };
+        options
             .name(name)
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(Duration::from_secs(5)))
             .client_capacity(4096)
             .subscription_capacity(4096)
             .retry_on_initial_connect()
-            .connect(&self.url)
+            .connect(bare.join(","))
             .await
     }
 }
@@ -108,6 +150,28 @@ impl NatsConfig {
 fn tenant_token(tenant: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tenant.as_bytes())
+}
+
+/// A URL without its user information, and that user information.
+fn split_userinfo(url: &str) -> (String, Option<String>) {
+    let Some(scheme) = url.find("://") else {
+        return (url.to_owned(), None);
+    };
+    let rest = &url[scheme + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => (
+            format!("{}{}", &url[..scheme + 3], &rest[at + 1..]),
+            Some(rest[..at].to_owned()),
+        ),
+        None => (url.to_owned(), None),
+    }
+}
+
+fn percent_decoded(text: &str) -> String {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Limits of the work-queue stream: a full stream refuses new attempts (the outbox
@@ -139,4 +203,34 @@ pub async fn ensure_stream(
         ..Default::default()
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_show_in_the_redacted_url() {
+        let config = |url: &str| NatsConfig {
+            url: url.to_owned(),
+            ..NatsConfig::default()
+        };
+        assert_eq!(
+            config("nats://127.0.0.1:4222").redacted_url(),
+            "nats://127.0.0.1:4222"
+        );
+        assert_eq!(
+            config("nats://jobmesh:s3cret@nats:4222").redacted_url(),
+            "nats://jobmesh:***@nats:4222"
+        );
+        assert_eq!(
+            config("nats://t0ken@a:4222, tls://u:p@b:4222").redacted_url(),
+            "nats://***@a:4222,tls://u:***@b:4222"
+        );
+        assert_eq!(
+            split_userinfo("nats://u:p%40ss@h:4222/x@y"),
+            ("nats://h:4222/x@y".to_owned(), Some("u:p%40ss".to_owned()))
+        );
+        assert_eq!(percent_decoded("p%40ss"), "p@ss");
+    }
 }
