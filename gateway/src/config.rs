@@ -32,6 +32,11 @@ pub struct Config {
     /// at once with RESOURCE_EXHAUSTED / 429 instead of queueing.
     #[arg(long, env = "JOBMESH_MAX_INFLIGHT", default_value_t = 512)]
     pub max_inflight: usize,
+    /// How long a caller has to send its whole request body (milliseconds); a
+    /// call still sending after it is answered DEADLINE_EXCEEDED (REST: 408) and
+    /// its place among the calls in flight is freed.
+    #[arg(long, env = "JOBMESH_BODY_TIMEOUT_MS", default_value_t = 5_000)]
+    pub body_timeout_ms: u64,
     /// Watch streams (gRPC and REST) open at once.
     #[arg(long, env = "JOBMESH_MAX_WATCHES", default_value_t = 4096)]
     pub max_watches: usize,
@@ -51,8 +56,13 @@ impl Config {
             submit_rate: 5000.0,
             submit_burst: 10_000,
             max_inflight: 512,
+            body_timeout_ms: 5_000,
             max_watches: 4096,
             metrics: jobmesh_runtime::metrics::MetricsConfig::default(),
         }
+    }
+
+    pub(crate) fn body_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.body_timeout_ms.max(1))
     }
 }

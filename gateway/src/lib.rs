@@ -51,7 +51,11 @@ pub async fn run(
     let verifier = config.auth.verifier()?;
     config.auth.spawn_key_reload(verifier.as_ref(), &shutdown);
     let shim = rest::Shim::new(&PUBLIC_SERVICES, config.max_inflight)
-        .map_err(|e| RunError::Rest(e.to_string()))?;
+        .map_err(|e| RunError::Rest(e.to_string()))?
+        .guarded(
+            jobmesh_runtime::auth::Authenticator::new(verifier.clone()),
+            config.body_timeout(),
+        );
     if verifier.is_none() {
         tracing::warn!(
             "AUTHENTICATION IS OFF (--insecure-no-auth): every caller is tenant \"default\" with every scope; never expose this gateway"
@@ -78,7 +82,7 @@ pub async fn run(
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
         dispatcher: DispatcherServiceClient::new(dispatcher),
         shutdown: shutdown.clone(),
-        auth: jobmesh_runtime::auth::Authenticator::new(verifier),
+        auth: jobmesh_runtime::auth::Authenticator::new(verifier.clone()),
         tenant_claim: config.auth.auth_tenant_claim.clone(),
         submits: std::sync::Arc::new(limits::RateLimiter::new(
             config.submit_rate,
@@ -133,7 +137,11 @@ pub async fn run(
         .accept_http1(true)
         .layer(rest::RestLayer::new(shim))
         .layer(jobmesh_runtime::grpc::standard_layers())
-        .layer(limits::InflightLayer::new(config.max_inflight))
+        .layer(limits::InflightLayer::new(
+            config.max_inflight,
+            jobmesh_runtime::auth::Authenticator::new(verifier),
+            config.body_timeout(),
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::future::{BoxFuture, FutureExt as _};
+use jobmesh_runtime::auth::Authenticator;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 
@@ -122,14 +123,69 @@ impl WatchSlots {
 pub(crate) struct InflightLayer {
     permits: Arc<Semaphore>,
     limit: usize,
+    /// Callers are authenticated before they may take a place.
+    auth: Authenticator,
+    body_timeout: Duration,
 }
 
 impl InflightLayer {
-    pub(crate) fn new(limit: usize) -> Self {
+    pub(crate) fn new(limit: usize, auth: Authenticator, body_timeout: Duration) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(limit.max(1))),
             limit: limit.max(1),
+            auth,
+            body_timeout,
         }
+    }
+}
+
+/// Health and reflection: answered without a token and never behind the cap,
+/// so a probe sees the gateway's health even when callers fill it.
+fn is_open_service(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
+}
+
+/// A request body that must end within a deadline: past it, reading it fails
+/// with DEADLINE_EXCEEDED, which tonic answers as the call's status (so a caller
+/// promising a body it never sends holds nothing for long).
+struct TimedBody {
+    inner: tonic::body::Body,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
+    ended: bool,
+}
+
+impl http_body::Body for TimedBody {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        if !this.ended && this.deadline.as_mut().poll(cx).is_ready() {
+            this.ended = true;
+            return Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
+                "the request body did not arrive within {} ms",
+                this.timeout.as_millis()
+            )))));
+        }
+        let frame = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        match &frame {
+            Poll::Ready(None) => this.ended = true,
+            Poll::Ready(Some(_)) if this.inner.is_end_stream() => this.ended = true,
+            _ => {}
+        }
+        frame.map_err(|status| status)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -198,6 +254,32 @@ where
     }
 
     fn call(&mut self, request: HttpRequest) -> Self::Future {
+        let (parts, body) = request.into_parts();
+        let open = is_open_service(parts.uri.path());
+        // Only a caller with valid credentials may take a place among the calls
+        // in flight: one without is answered at once and cannot fill the cap.
+        if !open {
+            let metadata = tonic::metadata::MetadataMap::from_headers(parts.headers.clone());
+            if let Err(status) = self.layer.auth.authenticate(&metadata) {
+                return async move {
+                    drain(body).await;
+                    Ok(status.into_http())
+                }
+                .boxed();
+            }
+        }
+        let timeout = self.layer.body_timeout;
+        let body = tonic::body::Body::new(TimedBody {
+            inner: body,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            timeout,
+            ended: false,
+        });
+        let request = HttpRequest::from_parts(parts, body);
+        if open {
+            let mut inner = jobmesh_runtime::grpc::take_ready(&mut self.inner);
+            return async move { inner.call(request).await }.boxed();
+        }
         let Ok(permit) = Arc::clone(&self.layer.permits).try_acquire_owned() else {
             let status = overloaded(self.layer.limit);
             let body = request.into_body();

@@ -43,6 +43,10 @@ pub(crate) struct Shim {
     /// memory they hold: at most this many bodies of up to 4 MiB).
     reads: Arc<tokio::sync::Semaphore>,
     max_reads: usize,
+    /// Callers are authenticated before their body is read, and have
+    /// `body_timeout` to send it.
+    auth: Option<jobmesh_runtime::auth::Authenticator>,
+    body_timeout: std::time::Duration,
 }
 
 impl Shim {
@@ -57,7 +61,21 @@ impl Shim {
             openapi,
             reads: Arc::new(tokio::sync::Semaphore::new(max_reads.max(1))),
             max_reads: max_reads.max(1),
+            auth: None,
+            body_timeout: std::time::Duration::from_secs(5),
         })
+    }
+
+    /// The shim refusing callers without valid credentials before it reads their
+    /// body, and bodies that take longer than `body_timeout`.
+    pub(crate) fn guarded(
+        mut self,
+        auth: jobmesh_runtime::auth::Authenticator,
+        body_timeout: std::time::Duration,
+    ) -> Self {
+        self.auth = Some(auth);
+        self.body_timeout = body_timeout;
+        self
     }
 }
 
@@ -197,12 +215,35 @@ where
             ));
         }
     };
+    // A caller without valid credentials is refused before its body is read: it
+    // cannot hold a read slot by sending slowly.
+    if let Some(auth) = &shim.auth {
+        let credentials = match metadata(request.headers()) {
+            Ok(credentials) => credentials,
+            Err(refused) => return refusal(refused),
+        };
+        if let Err(status) = auth.authenticate(&credentials) {
+            crate::limits::drain(request.into_body()).await;
+            return status_response(&status);
+        }
+    }
     let Ok(reading) = Arc::clone(&shim.reads).try_acquire_owned() else {
         let status = crate::limits::overloaded(shim.max_reads);
         crate::limits::drain(request.into_body()).await;
         return status_response(&status);
     };
-    let transcoded = transcode(route, bound, request).await;
+    let transcoded = tokio::time::timeout(shim.body_timeout, transcode(route, bound, request))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Refusal::new(
+                StatusCode::REQUEST_TIMEOUT,
+                Code::DeadlineExceeded,
+                format!(
+                    "the request body did not arrive within {} ms",
+                    shim.body_timeout.as_millis()
+                ),
+            ))
+        });
     drop(reading);
     match transcoded {
         Ok((message, metadata)) => call(route, inner, message, metadata, arrived).await,
