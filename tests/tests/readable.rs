@@ -57,6 +57,31 @@ fn logs_of(job_id: &str) -> v1::ReadJobLogsRequest {
     }
 }
 
+/// A worker written from the proto alone: its stream, opened with `hello`.
+async fn raw_worker(
+    mesh: &Mesh,
+    hello: v1::WorkerHello,
+) -> anyhow::Result<(
+    tokio::sync::mpsc::Sender<v1::ConnectRequest>,
+    tonic::Streaming<v1::ConnectResponse>,
+)> {
+    let token = mesh.token_without_tenant(&[scope::WORKER]);
+    let channel = jobmesh_runtime::grpc::streaming_channel(&mesh.dispatcher_url)?;
+    let mut client = v1::worker_service_client::WorkerServiceClient::new(
+        jobmesh_runtime::auth::with_token(channel, Some(&token)),
+    );
+    let (out, out_rx) = tokio::sync::mpsc::channel(16);
+    out.send(v1::ConnectRequest {
+        message: Some(connect_request::Message::Hello(hello)),
+    })
+    .await?;
+    let inbound = client
+        .connect(tokio_stream::wrappers::ReceiverStream::new(out_rx))
+        .await?
+        .into_inner();
+    Ok((out, inbound))
+}
+
 fn texts(entries: &[v1::LogEntry]) -> Vec<&str> {
     entries.iter().map(|e| e.line.as_str()).collect()
 }
@@ -289,25 +314,16 @@ async fn lines_of_an_attempt_not_running_are_refused() -> anyhow::Result<()> {
     let job = mesh.submit(submit("raw.task")).await?;
     // A worker written from the proto: it gets the job and sends lines for the
     // attempt it holds and for one it does not.
-    let worker = mesh.token_without_tenant(&[scope::WORKER]);
-    let channel = jobmesh_runtime::grpc::streaming_channel(&mesh.dispatcher_url)?;
-    let mut client = v1::worker_service_client::WorkerServiceClient::new(
-        jobmesh_runtime::auth::with_token(channel, Some(&worker)),
-    );
-    let (out, out_rx) = tokio::sync::mpsc::channel(16);
-    out.send(v1::ConnectRequest {
-        message: Some(connect_request::Message::Hello(v1::WorkerHello {
+    let (out, mut inbound) = raw_worker(
+        &mesh,
+        v1::WorkerHello {
             worker_id: "raw".into(),
             tasks: vec!["raw.task".into()],
             slots: 1,
             ..Default::default()
-        })),
-    })
+        },
+    )
     .await?;
-    let mut inbound = client
-        .connect(tokio_stream::wrappers::ReceiverStream::new(out_rx))
-        .await?
-        .into_inner();
     let assignment = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             match inbound.message().await?.and_then(|m| m.message) {
@@ -657,35 +673,20 @@ async fn list_workers_shows_connected_workers_and_drops_gone_ones() -> anyhow::R
                 .map(|r| r.into_inner().workers)
         }
     };
-    // A second worker written from the proto, with what it says about itself.
-    let worker = mesh.token_without_tenant(&[scope::WORKER]);
+    // Workers written from the proto, with what they say about themselves.
     let connect = |id: &'static str| {
-        let worker = worker.clone();
-        let url = mesh.dispatcher_url.clone();
-        async move {
-            let channel = jobmesh_runtime::grpc::streaming_channel(&url)?;
-            let mut client = v1::worker_service_client::WorkerServiceClient::new(
-                jobmesh_runtime::auth::with_token(channel, Some(&worker)),
-            );
-            let (out, out_rx) = tokio::sync::mpsc::channel(16);
-            out.send(v1::ConnectRequest {
-                message: Some(connect_request::Message::Hello(v1::WorkerHello {
-                    worker_id: id.into(),
-                    tasks: vec!["py.train".into(), "py.eval".into()],
-                    slots: 2,
-                    name: "jobmesh-python".into(),
-                    version: "0.3.1".into(),
-                    host: "gpu-node-7".into(),
-                    labels: [("gpu".to_owned(), "a100".to_owned())].into(),
-                })),
-            })
-            .await?;
-            let inbound = client
-                .connect(tokio_stream::wrappers::ReceiverStream::new(out_rx))
-                .await?
-                .into_inner();
-            Ok::<_, anyhow::Error>((out, inbound))
-        }
+        raw_worker(
+            &mesh,
+            v1::WorkerHello {
+                worker_id: id.into(),
+                tasks: vec!["py.train".into(), "py.eval".into()],
+                slots: 2,
+                name: "jobmesh-python".into(),
+                version: "0.3.1".into(),
+                host: "gpu-node-7".into(),
+                labels: [("gpu".to_owned(), "a100".to_owned())].into(),
+            },
+        )
     };
     let (gone_out, gone_in) = connect("python-gone").await?;
     let (silent_out, silent_in) = connect("python-silent").await?;

@@ -224,19 +224,15 @@ impl JobStoreService for JobStoreGrpc {
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         let r = request.into_inner();
         let id = job_id("job_id", &r.job_id)?;
-        let events = self.store_events();
         // Subscribe before reading the snapshot: a change committed after the read
         // is then in the subscription, and versions drop the ones already seen.
-        let subscriber = events
-            .client()
-            .subscribe(events.nats().events_subject(&r.tenant, &id.to_string()))
-            .await
-            .map_err(|e| Error::Nats(e.to_string()))?;
-        events
-            .client()
-            .flush()
-            .await
-            .map_err(|e| Error::Nats(e.to_string()))?;
+        let subscriber = self
+            .subscribe(
+                self.store_events()
+                    .nats()
+                    .events_subject(&r.tenant, &id.to_string()),
+            )
+            .await?;
         let snapshot = self.store.get(&r.tenant, id).await?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let store = self.store.clone();
@@ -442,22 +438,11 @@ impl JobStoreService for JobStoreGrpc {
         // Subscribe before the first read: a line stored after it is announced
         // to a subscription that already exists.
         let follow = if r.follow {
-            let events = self.store_events();
-            let subscribe = |subject: String| async move {
-                events
-                    .client()
-                    .subscribe(subject)
-                    .await
-                    .map_err(|e| Error::Nats(e.to_string()))
-            };
-            let notices = subscribe(events.nats().logs_subject(&id.to_string())).await?;
-            let changes =
-                subscribe(events.nats().events_subject(&r.tenant, &id.to_string())).await?;
-            events
-                .client()
-                .flush()
-                .await
-                .map_err(|e| Error::Nats(e.to_string()))?;
+            let nats = self.store_events().nats();
+            let notices = self.subscribe(nats.logs_subject(&id.to_string())).await?;
+            let changes = self
+                .subscribe(nats.events_subject(&r.tenant, &id.to_string()))
+                .await?;
             Some((notices, changes))
         } else {
             None
@@ -498,17 +483,9 @@ impl JobStoreService for JobStoreGrpc {
             },
             labels: r.labels.into_iter().collect(),
         };
-        let events = self.store_events();
-        let subscriber = events
-            .client()
-            .subscribe(events.nats().tenant_events_wildcard(&r.tenant))
-            .await
-            .map_err(|e| Error::Nats(e.to_string()))?;
-        events
-            .client()
-            .flush()
-            .await
-            .map_err(|e| Error::Nats(e.to_string()))?;
+        let subscriber = self
+            .subscribe(self.store_events().nats().tenant_events_wildcard(&r.tenant))
+            .await?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         tokio::spawn(feeds::watch_jobs(
             filter,
@@ -532,6 +509,21 @@ fn cut_line(line: String) -> String {
 impl JobStoreGrpc {
     fn store_events(&self) -> &crate::events::Events {
         self.store.events()
+    }
+
+    /// A subscription that NATS has registered (flushed) when this returns: what
+    /// is published afterwards reaches it.
+    async fn subscribe(&self, subject: String) -> Result<async_nats::Subscriber, Error> {
+        let client = self.store_events().client();
+        let subscriber = client
+            .subscribe(subject)
+            .await
+            .map_err(|e| Error::Nats(e.to_string()))?;
+        client
+            .flush()
+            .await
+            .map_err(|e| Error::Nats(e.to_string()))?;
+        Ok(subscriber)
     }
 }
 
