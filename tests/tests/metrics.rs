@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use jobmesh_proto::v1;
+use jobmesh_runtime::auth::scope;
 use jobmesh_tests::http::request;
-use jobmesh_tests::{Mesh, MeshOptions};
+use jobmesh_tests::{Mesh, MeshOptions, TENANT};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -108,9 +109,15 @@ async fn counters_move_as_jobs_run_and_promtool_accepts_the_text() -> anyhow::Re
     // (a caller cannot add series by inventing paths).
     let mut raw = tonic::client::Grpc::new(jobmesh_runtime::grpc::channel(&mesh.gateway_url)?);
     raw.ready().await?;
+    // With a valid token: a caller without one is refused before any routing.
+    let mut invented = tonic::Request::new(());
+    invented.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", mesh.token(TENANT, &scope::USER)).parse()?,
+    );
     let unserved = raw
         .unary(
-            tonic::Request::new(()),
+            invented,
             tonic::codegen::http::uri::PathAndQuery::from_static(
                 "/jobmesh.v1.JobService/InventedByACaller",
             ),
