@@ -438,6 +438,8 @@ pub enum Refusal {
     Malformed,
     #[error("unsigned tokens (alg \"none\") are refused")]
     AlgNone,
+    #[error("the token header lists critical extensions (crit) this verifier does not understand")]
+    Critical,
     #[error("token algorithm {found} is not accepted here; accepted: {accepted}")]
     Algorithm { found: String, accepted: String },
     #[error("no verification key has kid {0:?}")]
@@ -559,6 +561,28 @@ impl Verifier {
         let alg = header.get("alg").and_then(Value::as_str).unwrap_or("");
         if alg.eq_ignore_ascii_case("none") {
             return Err(Refusal::AlgNone);
+        }
+        // RFC 7515 §4.1.11: extensions marked critical that the verifier does not
+        // understand make the token invalid; this verifier understands none.
+        if header.contains_key("crit") {
+            return Err(Refusal::Critical);
+        }
+        let claims = claims_of(token)?;
+        if let Some(repeated) = claims.repeated {
+            return Err(Refusal::Claims(format!(
+                "the claim {} appears more than once",
+                crate::quote::quoted(&repeated)
+            )));
+        }
+        for name in ["exp", "nbf", "iat"] {
+            if let Some(value) = claims.value.get(name)
+                && !value.is_number()
+            {
+                return Err(Refusal::Claims(format!(
+                    "{name:?} must be a number of seconds since 1970-01-01, not {}",
+                    crate::quote::quoted(&value.to_string())
+                )));
+            }
         }
         let kid = header.get("kid").and_then(Value::as_str);
         let keys = self.keys();
@@ -686,6 +710,52 @@ impl Verifier {
             scopes,
         })
     }
+}
+
+/// A token's claims, decoded without trusting them, and the first name that
+/// appears twice (JSON parsers disagree on which one wins; a token is refused).
+struct Claims {
+    value: serde_json::Map<String, Value>,
+    repeated: Option<String>,
+}
+
+impl<'de> serde::Deserialize<'de> for Claims {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Claims;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object of claims")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Claims, A::Error> {
+                let mut claims = Claims {
+                    value: serde_json::Map::new(),
+                    repeated: None,
+                };
+                while let Some(name) = map.next_key::<String>()? {
+                    let value: Value = map.next_value()?;
+                    if claims.value.contains_key(&name) {
+                        claims.repeated.get_or_insert(name);
+                    } else {
+                        claims.value.insert(name, value);
+                    }
+                }
+                Ok(claims)
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
+}
+
+fn claims_of(token: &str) -> Result<Claims, Refusal> {
+    let payload = token.split('.').nth(1).ok_or(Refusal::Malformed)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|_| Refusal::Malformed)?;
+    serde_json::from_slice(&bytes).map_err(|_| Refusal::Malformed)
 }
 
 /// The JOSE header of a token, decoded without trusting it.
@@ -987,6 +1057,67 @@ mod tests {
             .expect("verifier")
             .expect("some");
         (dir, minter, verifier)
+    }
+
+    /// A token with this header and these claims, signed with the key at `path`.
+    fn signed(path: &Path, header: &str, claims: &str) -> String {
+        let secret = secret_of(&std::fs::read(path).expect("key")).expect("secret");
+        let encode =
+            |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text.as_bytes());
+        let message = format!("{}.{}", encode(header), encode(claims));
+        let signature = jsonwebtoken::crypto::sign(
+            message.as_bytes(),
+            &EncodingKey::from_secret(&secret),
+            Algorithm::HS256,
+        )
+        .expect("sign");
+        format!("{message}.{signature}")
+    }
+
+    #[test]
+    fn crit_headers_repeated_claims_and_malformed_times_are_refused() {
+        let (dir, _minter, verifier) = setup();
+        let path = dir.path().join("key");
+        let exp = an_hour_from_now();
+        let good = format!(r#"{{"sub":"t","tenant":"acme","scope":"jobs:read","exp":{exp}}}"#);
+        let plain = r#"{"alg":"HS256","typ":"JWT"}"#;
+        assert!(verifier.verify(&signed(&path, plain, &good)).is_ok());
+        assert_eq!(
+            verifier
+                .verify(&signed(
+                    &path,
+                    r#"{"alg":"HS256","crit":["b64"],"b64":false}"#,
+                    &good
+                ))
+                .expect_err("crit"),
+            Refusal::Critical
+        );
+        let twice = format!(
+            r#"{{"sub":"t","tenant":"acme","tenant":"other","scope":"jobs:read","exp":{exp}}}"#
+        );
+        assert_eq!(
+            verifier
+                .verify(&signed(&path, plain, &twice))
+                .expect_err("two tenants")
+                .to_string(),
+            "the token claims are invalid: the claim \"tenant\" appears more than once"
+        );
+        let bad_exp = r#"{"sub":"t","tenant":"acme","exp":"tomorrow"}"#;
+        assert_eq!(
+            verifier
+                .verify(&signed(&path, plain, bad_exp))
+                .expect_err("exp as text")
+                .to_string(),
+            "the token claims are invalid: \"exp\" must be a number of seconds since 1970-01-01, not \"\\\"tomorrow\\\"\""
+        );
+    }
+
+    /// Seconds since 1970 an hour from now.
+    fn an_hour_from_now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            + 3600
     }
 
     #[test]
