@@ -593,6 +593,29 @@ async fn resubmitting_with_an_idempotency_key_returns_the_first_job() -> anyhow:
     let first = mesh.submit(request.clone()).await?;
     let second = mesh.submit(request).await?;
     assert_eq!(first.id, second.id);
+    // The same key with other args is a mistake, not a resubmission.
+    let mut other = submit("demo.echo", json!({"n": 2}));
+    other.idempotency_key = "order-42".to_owned();
+    let refused = mesh
+        .jobs()
+        .submit_job(other.clone())
+        .await
+        .expect_err("other args");
+    assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused:?}");
+    assert!(
+        refused.message().starts_with(&format!(
+            "idempotency key \"order-42\" was used for job {} with another task or other args",
+            first.id
+        )),
+        "{}",
+        refused.message()
+    );
+    other.args = Some(jobmesh_proto::json::json_to_struct(
+        json!({"n": 1}).as_object().expect("object"),
+    ));
+    other.task = "demo.sleep".to_owned();
+    let refused = mesh.jobs().submit_job(other).await.expect_err("other task");
+    assert_eq!(refused.code(), tonic::Code::AlreadyExists);
     let done = mesh.finished(&first.id, LIMIT).await?;
     assert_eq!(done.state(), JobState::Succeeded);
     // Concurrent resubmissions (stored together in one batch) agree on one job too.

@@ -20,6 +20,12 @@ pub(crate) enum Error {
         current: i32,
         state: &'static str,
     },
+    /// An idempotency key given again with another task or other args.
+    #[error(
+        "idempotency key {} was used for job {job_id} with another task or other args; send the same request to get that job, or use a new key for a new job",
+        jobmesh_runtime::quote::quoted(key)
+    )]
+    KeyReused { key: String, job_id: Uuid },
     /// The job already reached a terminal state.
     #[error("job {job_id} already {state}")]
     AlreadyFinished { job_id: Uuid, state: &'static str },
@@ -46,6 +52,7 @@ impl From<Error> for tonic::Status {
         match error {
             Error::NotFound { .. } => tonic::Status::not_found(message),
             Error::InvalidArgument { .. } => tonic::Status::invalid_argument(message),
+            Error::KeyReused { .. } => tonic::Status::already_exists(message),
             Error::StaleAttempt { .. } | Error::AlreadyFinished { .. } => {
                 tonic::Status::failed_precondition(message)
             }

@@ -128,7 +128,23 @@ impl JobStoreService for JobStoreGrpc {
             retry: retry_policy(r.retry_policy),
             traceparent: jobmesh_runtime::trace::to_traceparent(&jobmesh_runtime::trace::current()),
         };
+        // What a resubmission with the same key must repeat (kept only when a
+        // key is given).
+        let asked = new
+            .idempotency_key
+            .clone()
+            .map(|key| (key, new.task.clone(), new.args.clone()));
         let (stored, created) = self.creator.create(new).await?;
+        if let Some((key, task, args)) = asked
+            && !created
+            && (stored.task != task || stored.args != serde_json::Value::Object(args))
+        {
+            return Err(Error::KeyReused {
+                key,
+                job_id: stored.id,
+            }
+            .into());
+        }
         jobmesh_runtime::trace::record_job(&stored.id.to_string(), Some(&stored.task), None);
         Ok(Response::new(pb::CreateJobResponse {
             job: job(&stored),
