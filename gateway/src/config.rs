@@ -32,14 +32,32 @@ pub struct Config {
     /// at once with RESOURCE_EXHAUSTED / 429 instead of queueing.
     #[arg(long, env = "JOBMESH_MAX_INFLIGHT", default_value_t = 512)]
     pub max_inflight: usize,
+    /// Of those, the most one tenant may hold at once (capped at
+    /// --max-inflight), so that one tenant cannot take them all.
+    #[arg(long, env = "JOBMESH_MAX_INFLIGHT_PER_TENANT", default_value_t = 128)]
+    pub max_inflight_per_tenant: usize,
     /// How long a caller has to send its whole request body (milliseconds); a
     /// call still sending after it is answered DEADLINE_EXCEEDED (REST: 408) and
     /// its place among the calls in flight is freed.
     #[arg(long, env = "JOBMESH_BODY_TIMEOUT_MS", default_value_t = 5_000)]
     pub body_timeout_ms: u64,
-    /// Watch streams (gRPC and REST) open at once.
-    #[arg(long, env = "JOBMESH_MAX_WATCHES", default_value_t = 4096)]
-    pub max_watches: usize,
+    /// Streams (WatchJob, WatchJobs, ReadJobLogs; gRPC and REST) open at once;
+    /// more are refused at once with RESOURCE_EXHAUSTED / 429. Counted apart
+    /// from --max-inflight.
+    #[arg(
+        long,
+        alias = "max-watches",
+        env = "JOBMESH_MAX_STREAMS",
+        default_value_t = 4096
+    )]
+    pub max_streams: usize,
+    /// Of those, the most one tenant may hold open at once (capped at
+    /// --max-streams).
+    #[arg(long, env = "JOBMESH_MAX_STREAMS_PER_TENANT", default_value_t = 1024)]
+    pub max_streams_per_tenant: usize,
+    /// Connections, limits and timeouts of the listener.
+    #[command(flatten)]
+    pub connections: crate::connections::ConnectionConfig,
     /// Where Prometheus metrics are served.
     #[command(flatten)]
     pub metrics: jobmesh_runtime::metrics::MetricsConfig,
@@ -56,8 +74,11 @@ impl Config {
             submit_rate: 5000.0,
             submit_burst: 10_000,
             max_inflight: 512,
+            max_inflight_per_tenant: 128,
             body_timeout_ms: 5_000,
-            max_watches: 4096,
+            max_streams: 4096,
+            max_streams_per_tenant: 1024,
+            connections: crate::connections::ConnectionConfig::default(),
             metrics: jobmesh_runtime::metrics::MetricsConfig::default(),
         }
     }

@@ -18,14 +18,15 @@ use std::sync::Arc;
 
 use jobmesh_runtime::auth::{Authenticator, scope};
 
-use crate::limits::{RateLimiter, WatchSlots};
+use crate::limits::RateLimiter;
 use crate::validate;
 
 #[derive(Clone)]
 pub(crate) struct Gateway {
     pub(crate) job_store: JobStoreServiceClient<Channel>,
-    /// A channel without per-call timeout, for watch streams.
-    pub(crate) job_store_streaming: JobStoreServiceClient<Channel>,
+    /// Channels without per-call timeout, for streams, enough of them for the
+    /// gateway's stream limit.
+    pub(crate) job_store_streaming: crate::pool::StreamPool,
     pub(crate) dispatcher: DispatcherServiceClient<Channel>,
     /// Cancelled when the gateway starts shutting down: open watch streams end
     /// with UNAVAILABLE so that clients re-watch elsewhere and the drain finishes.
@@ -36,8 +37,6 @@ pub(crate) struct Gateway {
     pub(crate) tenant_claim: String,
     /// Per-tenant submit rate.
     pub(crate) submits: Arc<RateLimiter>,
-    /// Open watch streams.
-    pub(crate) watches: WatchSlots,
 }
 
 impl Gateway {
@@ -81,13 +80,13 @@ const JOBS_ENDS: Ends = Ends {
     shutdown: "the gateway is shutting down; open the watch again",
 };
 
-/// A stream in progress: the upstream stream, what ends it early, and the slot
-/// it holds.
+/// A stream in progress: the upstream stream, what ends it early, and its
+/// place on one of the upstream channels.
 struct Proxied<T> {
     upstream: tonic::Streaming<T>,
     end: Pin<Box<dyn Future<Output = Status> + Send>>,
     done: bool,
-    _slot: tokio::sync::OwnedSemaphorePermit,
+    _channel: crate::pool::InUse,
 }
 
 type Proxy<U> = Pin<Box<dyn Stream<Item = Result<U, Status>> + Send>>;
@@ -100,7 +99,7 @@ impl Gateway {
         &self,
         source: tonic::Streaming<T>,
         metadata: &tonic::metadata::MetadataMap,
-        slot: tokio::sync::OwnedSemaphorePermit,
+        channel: crate::pool::InUse,
         ends: &'static Ends,
         map: fn(T) -> U,
     ) -> Proxy<U>
@@ -126,7 +125,7 @@ impl Gateway {
             upstream: source,
             end,
             done: false,
-            _slot: slot,
+            _channel: channel,
         };
         Box::pin(futures::stream::unfold(
             state,
@@ -238,11 +237,9 @@ impl JobService for Gateway {
         let tenant = self.authorize(&request, scope::READ)?;
         let job_id = validate::job_id(&request.get_ref().job_id)?;
         jobmesh_runtime::trace::record_job(&job_id, None, None);
-        let slot = self.watches.acquire()?;
         let watch = pb::WatchJobRequest { tenant, job_id };
-        let stream = self
-            .job_store_streaming
-            .clone()
+        let (mut client, channel) = self.job_store_streaming.pick();
+        let stream = client
             .watch_job(forward(request.metadata(), watch))
             .await
             .map_err(upstream("job-store"))?
@@ -250,7 +247,7 @@ impl JobService for Gateway {
         Ok(Response::new(self.relay(
             stream,
             request.metadata(),
-            slot,
+            channel,
             &WATCH_ENDS,
             |event| v1::WatchJobResponse { job: event.job },
         )))
@@ -265,10 +262,8 @@ impl JobService for Gateway {
         let tenant = self.authorize(&request, scope::READ)?;
         let read = validate::read_logs(&tenant, request.get_ref().clone())?;
         jobmesh_runtime::trace::record_job(&read.job_id, None, None);
-        let slot = self.watches.acquire()?;
-        let stream = self
-            .job_store_streaming
-            .clone()
+        let (mut client, channel) = self.job_store_streaming.pick();
+        let stream = client
             .read_job_logs(forward(request.metadata(), read))
             .await
             .map_err(upstream("job-store"))?
@@ -276,7 +271,7 @@ impl JobService for Gateway {
         Ok(Response::new(self.relay(
             stream,
             request.metadata(),
-            slot,
+            channel,
             &LOGS_ENDS,
             |line| v1::ReadJobLogsResponse { entry: line.entry },
         )))
@@ -290,10 +285,8 @@ impl JobService for Gateway {
     ) -> Result<Response<Self::WatchJobsStream>, Status> {
         let tenant = self.authorize(&request, scope::READ)?;
         let watch = validate::watch_jobs(&tenant, request.get_ref().clone())?;
-        let slot = self.watches.acquire()?;
-        let stream = self
-            .job_store_streaming
-            .clone()
+        let (mut client, channel) = self.job_store_streaming.pick();
+        let stream = client
             .watch_jobs(forward(request.metadata(), watch))
             .await
             .map_err(upstream("job-store"))?
@@ -301,7 +294,7 @@ impl JobService for Gateway {
         Ok(Response::new(self.relay(
             stream,
             request.metadata(),
-            slot,
+            channel,
             &JOBS_ENDS,
             |change| v1::WatchJobsResponse {
                 job: change.job,

@@ -5,8 +5,10 @@
 //! NATS.
 
 mod config;
+mod connections;
 mod grpc;
 mod limits;
+mod pool;
 mod rest;
 mod validate;
 
@@ -14,11 +16,12 @@ use jobmesh_proto::internal::dispatcher_service_client::DispatcherServiceClient;
 use jobmesh_proto::internal::job_store_service_client::JobStoreServiceClient;
 use jobmesh_proto::v1::job_service_server::JobServiceServer;
 use jobmesh_proto::v1::task_service_server::TaskServiceServer;
-use jobmesh_runtime::grpc::{MAX_MESSAGE_BYTES, incoming};
+use jobmesh_runtime::grpc::MAX_MESSAGE_BYTES;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+pub use connections::ConnectionConfig;
 
 /// Why the gateway could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +53,23 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let verifier = config.auth.verifier()?;
     config.auth.spawn_key_reload(verifier.as_ref(), &shutdown);
-    let shim = rest::Shim::new(&PUBLIC_SERVICES, config.max_inflight)
+    let calls = || {
+        limits::Shares::new(
+            "calls in flight",
+            ("--max-inflight", "--max-inflight-per-tenant"),
+            config.max_inflight,
+            config.max_inflight_per_tenant,
+        )
+    };
+    let streams = limits::Shares::new(
+        "open streams",
+        ("--max-streams", "--max-streams-per-tenant"),
+        config.max_streams,
+        config.max_streams_per_tenant,
+    );
+    // REST bodies are read (and their reads bounded) before the call reaches the
+    // in-flight cap, so the reads have shares of their own, of the same size.
+    let shim = rest::Shim::new(&PUBLIC_SERVICES, calls())
         .map_err(|e| RunError::Rest(e.to_string()))?
         .guarded(
             jobmesh_runtime::auth::Authenticator::new(verifier.clone()),
@@ -71,15 +90,14 @@ pub async fn run(
     };
     let job_store = jobmesh_runtime::grpc::channel(&config.job_store_url)
         .map_err(url_error("job-store", &config.job_store_url))?;
-    let job_store_streaming = jobmesh_runtime::grpc::streaming_channel(&config.job_store_url)
+    let job_store_streaming = pool::StreamPool::new(&config.job_store_url, config.max_streams)
         .map_err(url_error("job-store", &config.job_store_url))?;
     let dispatcher = jobmesh_runtime::grpc::channel(&config.dispatcher_url)
         .map_err(url_error("dispatcher", &config.dispatcher_url))?;
     let gateway = grpc::Gateway {
         job_store: JobStoreServiceClient::new(job_store)
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        job_store_streaming: JobStoreServiceClient::new(job_store_streaming)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        job_store_streaming,
         dispatcher: DispatcherServiceClient::new(dispatcher),
         shutdown: shutdown.clone(),
         auth: jobmesh_runtime::auth::Authenticator::new(verifier.clone()),
@@ -88,7 +106,6 @@ pub async fn run(
             config.submit_rate,
             config.submit_burst,
         )),
-        watches: limits::WatchSlots::new(config.max_watches),
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -128,17 +145,23 @@ pub async fn run(
     let address = listener.local_addr().ok();
     tracing::info!(?address, job_store = %config.job_store_url, dispatcher = %config.dispatcher_url, "gateway serving");
     let stopping = shutdown.clone();
-    // Outermost first: the REST shim sees every request and turns REST ones into
-    // in-process gRPC calls, which then pass the in-flight cap like any gRPC call
-    // (so an overloaded REST caller gets a JSON 429, not a gRPC frame).
-    // The standard layers (metrics, decode errors) sit inside the shim so that
-    // REST calls are recorded as the gRPC calls they become.
-    jobmesh_runtime::grpc::builder()
+    // Outermost first: each request is counted as open on its connection (an
+    // idle connection is closed); the REST shim sees every request and turns
+    // REST ones into in-process gRPC calls, which then pass the in-flight and
+    // stream limits like any gRPC call (so an overloaded REST caller gets a JSON
+    // 429, not a gRPC frame). The standard layers (metrics, decode errors) sit
+    // inside the shim so that REST calls are recorded as the gRPC calls they
+    // become.
+    config
+        .connections
+        .apply(jobmesh_runtime::grpc::builder())
         .accept_http1(true)
+        .layer(connections::CountLayer)
         .layer(rest::RestLayer::new(shim))
         .layer(jobmesh_runtime::grpc::standard_layers())
         .layer(limits::InflightLayer::new(
-            config.max_inflight,
+            calls(),
+            streams,
             jobmesh_runtime::auth::Authenticator::new(verifier),
             config.body_timeout(),
         ))
@@ -147,12 +170,15 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(jobs)
         .add_service(tasks)
-        .serve_with_incoming_shutdown(incoming(listener), async move {
-            stopping.cancelled().await;
-            health
-                .set_not_serving::<JobServiceServer<grpc::Gateway>>()
-                .await;
-        })
+        .serve_with_incoming_shutdown(
+            connections::incoming(listener, config.connections.clone()),
+            async move {
+                stopping.cancelled().await;
+                health
+                    .set_not_serving::<JobServiceServer<grpc::Gateway>>()
+                    .await;
+            },
+        )
         .await?;
     tracing::info!("gateway stopped");
     Ok(())

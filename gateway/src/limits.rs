@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::{BoxFuture, FutureExt as _};
 use jobmesh_runtime::auth::Authenticator;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use jobmesh_runtime::quote::quoted;
 use tonic::Status;
 
 /// Tenants tracked at once by the rate limiter; idle (full) buckets are dropped
@@ -90,49 +90,156 @@ impl RateLimiter {
     }
 }
 
-/// Open watch streams, bounded.
-#[derive(Clone)]
-pub(crate) struct WatchSlots(Arc<Semaphore>, usize);
+/// A limit shared by tenants: at most `total` places held at once, and at most
+/// `per_tenant` of them by any one tenant, so one careless or hostile tenant
+/// cannot take every place from the others. A place is taken at once or refused
+/// at once (`RESOURCE_EXHAUSTED` with a retry hint), never waited for.
+pub(crate) struct Shares {
+    /// What a place is, for messages ("calls in flight", "open streams").
+    what: &'static str,
+    /// The flags that set the limits, named in refusals.
+    flags: (&'static str, &'static str),
+    total: usize,
+    per_tenant: usize,
+    held: Mutex<Held>,
+}
 
-impl WatchSlots {
-    pub(crate) fn new(limit: usize) -> Self {
-        Self(Arc::new(Semaphore::new(limit.max(1))), limit.max(1))
-    }
+#[derive(Default)]
+struct Held {
+    total: usize,
+    tenants: HashMap<String, usize>,
+}
 
-    /// A slot held for the life of one stream, or `RESOURCE_EXHAUSTED`.
-    pub(crate) fn acquire(&self) -> Result<OwnedSemaphorePermit, Status> {
-        Arc::clone(&self.0).try_acquire_owned().map_err(|_| {
-            let mut status = Status::resource_exhausted(format!(
-                "the gateway has {} watch streams open, its limit; retry later or watch from another gateway",
-                self.1
-            ));
-            status
-                .metadata_mut()
-                .insert(RETRY_AFTER, tonic::metadata::MetadataValue::from_static("1"));
-            status
-        })
+/// One place of a [`Shares`], given back when dropped.
+pub(crate) struct Share {
+    shares: Arc<Shares>,
+    tenant: String,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut held = self.shares.lock();
+        held.total = held.total.saturating_sub(1);
+        if let Some(count) = held.tenants.get_mut(&self.tenant) {
+            *count -= 1;
+            if *count == 0 {
+                held.tenants.remove(&self.tenant);
+            }
+        }
     }
 }
 
-/// Refuses calls beyond `limit` in flight at once with `RESOURCE_EXHAUSTED`,
-/// answered without touching the service (a trailers-only gRPC response). The
-/// permit is held until the handler has produced its response head: a unary
-/// call's whole handling, a stream's set-up (streams are bounded by
-/// [`WatchSlots`]).
+impl Shares {
+    /// `per_tenant` is capped at `total`; both are at least 1.
+    pub(crate) fn new(
+        what: &'static str,
+        flags: (&'static str, &'static str),
+        total: usize,
+        per_tenant: usize,
+    ) -> Arc<Self> {
+        let total = total.max(1);
+        Arc::new(Self {
+            what,
+            flags,
+            total,
+            per_tenant: per_tenant.clamp(1, total),
+            held: Mutex::new(Held::default()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A place for `tenant`, or the refusal saying which limit is reached.
+    pub(crate) fn take(self: &Arc<Self>, tenant: &str) -> Result<Share, Status> {
+        let mut held = self.lock();
+        if held.total >= self.total {
+            return Err(refused(format!(
+                "the gateway is overloaded ({} {}, its limit {}); retry with backoff",
+                self.total, self.what, self.flags.0
+            )));
+        }
+        let mine = held.tenants.get(tenant).copied().unwrap_or(0);
+        if mine >= self.per_tenant {
+            return Err(refused(format!(
+                "tenant {} has {} {}, its share of the gateway ({}); close some or retry with backoff",
+                quoted(tenant),
+                self.per_tenant,
+                self.what,
+                self.flags.1
+            )));
+        }
+        held.total += 1;
+        *held.tenants.entry(tenant.to_owned()).or_insert(0) += 1;
+        Ok(Share {
+            shares: Arc::clone(self),
+            tenant: tenant.to_owned(),
+        })
+    }
+
+    /// Places held now: in all, and by `tenant`.
+    #[cfg(test)]
+    fn held(&self, tenant: &str) -> (usize, usize) {
+        let held = self.lock();
+        (held.total, held.tenants.get(tenant).copied().unwrap_or(0))
+    }
+}
+
+/// `RESOURCE_EXHAUSTED` with a one-second retry hint.
+fn refused(message: String) -> Status {
+    let mut status = Status::resource_exhausted(message);
+    status.metadata_mut().insert(
+        RETRY_AFTER,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    status
+}
+
+/// The key a caller's places are counted under: its tenant (callers whose token
+/// names none share one key; their calls are refused further in).
+pub(crate) fn tenant_key(caller: &jobmesh_runtime::auth::Caller) -> &str {
+    caller.tenant.as_deref().unwrap_or("")
+}
+
+/// The public methods that answer with a stream: they hold a place among the
+/// open streams for their whole life, not one among the calls in flight.
+pub(crate) fn is_stream(path: &str) -> bool {
+    matches!(
+        path,
+        "/jobmesh.v1.JobService/WatchJob"
+            | "/jobmesh.v1.JobService/WatchJobs"
+            | "/jobmesh.v1.JobService/ReadJobLogs"
+    )
+}
+
+/// The edge's own admission: a caller is authenticated before it may take any
+/// place; then a unary call takes a place among the calls in flight (until the
+/// handler has produced its response head) and a streaming call one among the
+/// open streams (until its response body is dropped: the stream ended or the
+/// caller went away). Both are [`Shares`]: bounded in total and per tenant, and
+/// refused at once over either bound, answered without touching the service
+/// (a trailers-only gRPC response). Every request body must arrive within
+/// `body_timeout`.
 #[derive(Clone)]
 pub(crate) struct InflightLayer {
-    permits: Arc<Semaphore>,
-    limit: usize,
+    calls: Arc<Shares>,
+    streams: Arc<Shares>,
     /// Callers are authenticated before they may take a place.
     auth: Authenticator,
     body_timeout: Duration,
 }
 
 impl InflightLayer {
-    pub(crate) fn new(limit: usize, auth: Authenticator, body_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        calls: Arc<Shares>,
+        streams: Arc<Shares>,
+        auth: Authenticator,
+        body_timeout: Duration,
+    ) -> Self {
         Self {
-            permits: Arc::new(Semaphore::new(limit.max(1))),
-            limit: limit.max(1),
+            calls,
+            streams,
             auth,
             body_timeout,
         }
@@ -207,18 +314,6 @@ pub(crate) struct Inflight<S> {
 
 use jobmesh_runtime::grpc::{HttpRequest, HttpResponse};
 
-/// The refusal of a call over the gateway's in-flight limit, with a retry hint.
-pub(crate) fn overloaded(limit: usize) -> Status {
-    let mut status = Status::resource_exhausted(format!(
-        "the gateway is overloaded ({limit} calls in flight, its limit); retry with backoff"
-    ));
-    status.metadata_mut().insert(
-        RETRY_AFTER,
-        tonic::metadata::MetadataValue::from_static("1"),
-    );
-    status
-}
-
 /// Reads and drops what a refused caller is still sending (at most
 /// `DRAIN_LIMIT` bytes, for at most `DRAIN_WAIT`, one frame held at a time)
 /// before the refusal goes out: a response sent while the client is still
@@ -255,19 +350,21 @@ where
 
     fn call(&mut self, request: HttpRequest) -> Self::Future {
         let (parts, body) = request.into_parts();
-        let open = is_open_service(parts.uri.path());
+        let path = parts.uri.path();
+        let open = is_open_service(path);
+        let stream = is_stream(path);
         // Only a caller with valid credentials may take a place among the calls
-        // in flight: one without is answered at once and cannot fill the cap.
-        if !open {
+        // in flight or the streams: one without is answered at once and cannot
+        // fill either.
+        let caller = if open {
+            None
+        } else {
             let metadata = tonic::metadata::MetadataMap::from_headers(parts.headers.clone());
-            if let Err(status) = self.layer.auth.authenticate(&metadata) {
-                return async move {
-                    drain(body).await;
-                    Ok(status.into_http())
-                }
-                .boxed();
+            match self.layer.auth.authenticate(&metadata) {
+                Ok(caller) => Some(caller),
+                Err(status) => return refuse(status, body),
             }
-        }
+        };
         let timeout = self.layer.body_timeout;
         let body = tonic::body::Body::new(TimedBody {
             inner: body,
@@ -276,26 +373,82 @@ where
             ended: false,
         });
         let request = HttpRequest::from_parts(parts, body);
-        if open {
-            let mut inner = jobmesh_runtime::grpc::take_ready(&mut self.inner);
+        let mut inner = jobmesh_runtime::grpc::take_ready(&mut self.inner);
+        let Some(caller) = caller else {
             return async move { inner.call(request).await }.boxed();
-        }
-        let Ok(permit) = Arc::clone(&self.layer.permits).try_acquire_owned() else {
-            let status = overloaded(self.layer.limit);
-            let body = request.into_body();
+        };
+        let shares = if stream {
+            &self.layer.streams
+        } else {
+            &self.layer.calls
+        };
+        let share = match shares.take(tenant_key(&caller)) {
+            Ok(share) => share,
+            Err(status) => return refuse(status, request.into_body()),
+        };
+        if stream {
             return async move {
-                drain(body).await;
-                Ok(status.into_http())
+                let response = inner.call(request).await?;
+                Ok(response.map(|body| hold(body, share)))
             }
             .boxed();
-        };
-        let mut inner = jobmesh_runtime::grpc::take_ready(&mut self.inner);
+        }
         async move {
             let response = inner.call(request).await;
-            drop(permit);
+            drop(share);
             response
         }
         .boxed()
+    }
+}
+
+/// `status` as the answer to a refused call, once what it is still sending is
+/// drained (see [`drain`]).
+fn refuse<E: Send + 'static>(
+    status: Status,
+    body: tonic::body::Body,
+) -> BoxFuture<'static, Result<HttpResponse, E>> {
+    async move {
+        drain(body).await;
+        Ok(status.into_http())
+    }
+    .boxed()
+}
+
+/// `body`, holding `held` until it is dropped (the response sent, or the caller
+/// gone).
+pub(crate) fn hold<G: Send + Unpin + 'static>(
+    body: tonic::body::Body,
+    held: G,
+) -> tonic::body::Body {
+    tonic::body::Body::new(Holding {
+        inner: body,
+        _held: held,
+    })
+}
+
+struct Holding<G> {
+    inner: tonic::body::Body,
+    _held: G,
+}
+
+impl<G: Unpin> http_body::Body for Holding<G> {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -325,14 +478,43 @@ mod tests {
     }
 
     #[test]
-    fn watch_slots_are_returned_when_dropped() {
-        let slots = WatchSlots::new(1);
-        let held = slots.acquire().expect("first");
-        assert_eq!(
-            slots.acquire().expect_err("full").code(),
-            tonic::Code::ResourceExhausted
+    fn a_tenant_gets_its_share_others_the_rest_and_places_come_back() {
+        let shares = Shares::new(
+            "open streams",
+            ("--max-streams", "--max-streams-per-tenant"),
+            3,
+            2,
         );
-        drop(held);
-        assert!(slots.acquire().is_ok());
+        let a1 = shares.take("a").expect("first of a");
+        let _a2 = shares.take("a").expect("second of a");
+        let refused = shares.take("a").err().expect("a is at its share");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            refused
+                .message()
+                .contains("tenant \"a\" has 2 open streams")
+                && refused.message().contains("--max-streams-per-tenant"),
+            "{}",
+            refused.message()
+        );
+        assert_eq!(
+            refused.metadata().get(RETRY_AFTER).map(|v| v.to_str().ok()),
+            Some(Some("1"))
+        );
+        let _b1 = shares.take("b").expect("b has its own share");
+        let full = shares.take("c").err().expect("the total is reached");
+        assert!(
+            full.message()
+                .contains("the gateway is overloaded (3 open streams, its limit --max-streams)"),
+            "{}",
+            full.message()
+        );
+        assert_eq!(shares.held("a"), (3, 2));
+        drop(a1);
+        assert_eq!(shares.held("a"), (2, 1));
+        let c = shares.take("c").expect("a place came back");
+        assert_eq!(shares.held("c"), (3, 1));
+        drop(c);
+        assert_eq!(shares.held("c"), (2, 0), "and goes back again");
     }
 }

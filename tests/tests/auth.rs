@@ -428,7 +428,7 @@ async fn an_overloaded_gateway_refuses_at_once_and_loses_nothing() -> anyhow::Re
         assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
         assert_eq!(
             status.message(),
-            "the gateway is overloaded (2 calls in flight, its limit); retry with backoff"
+            "the gateway is overloaded (2 calls in flight, its limit --max-inflight); retry with backoff"
         );
     }
     // REST callers get the same refusal as JSON: 429 with Retry-After.
@@ -462,7 +462,7 @@ async fn an_overloaded_gateway_refuses_at_once_and_loses_nothing() -> anyhow::Re
                 assert_eq!(reply.header("retry-after"), Some("1"));
                 assert_eq!(
                     reply.json()?,
-                    serde_json::json!({"code": 8, "message": "the gateway is overloaded (2 calls in flight, its limit); retry with backoff", "details": []})
+                    serde_json::json!({"code": 8, "message": "the gateway is overloaded (2 calls in flight, its limit --max-inflight); retry with backoff", "details": []})
                 );
             }
             other => panic!("REST submit answered {other}: {:?}", reply.json()),
@@ -586,7 +586,7 @@ async fn rest_bodies_being_read_count_against_the_cap() -> anyhow::Result<()> {
     assert_eq!(reply.header("retry-after"), Some("1"));
     assert_eq!(
         reply.json()?,
-        serde_json::json!({"code": 8, "message": "the gateway is overloaded (1 calls in flight, its limit); retry with backoff", "details": []})
+        serde_json::json!({"code": 8, "message": "the gateway is overloaded (1 calls in flight, its limit --max-inflight); retry with backoff", "details": []})
     );
     assert_eq!(job_count(&mesh, TENANT).await?, 0, "nothing was created");
 

@@ -39,10 +39,10 @@ pub(crate) struct Shim {
     table: Table,
     openapi: Bytes,
     /// Request bodies being read and transcoded. A body is read before the call
-    /// reaches the in-flight cap, so the same limit bounds the reads (and the
-    /// memory they hold: at most this many bodies of up to 4 MiB).
-    reads: Arc<tokio::sync::Semaphore>,
-    max_reads: usize,
+    /// reaches the in-flight cap, so limits of the same size bound the reads (and
+    /// the memory they hold: at most that many bodies of up to 4 MiB), in all and
+    /// per tenant.
+    reads: Arc<crate::limits::Shares>,
     /// Callers are authenticated before their body is read, and have
     /// `body_timeout` to send it.
     auth: Option<jobmesh_runtime::auth::Authenticator>,
@@ -51,16 +51,18 @@ pub(crate) struct Shim {
 
 impl Shim {
     /// Routes for `services` from the descriptor set built with the code; at
-    /// most `max_reads` request bodies are read at once.
-    pub(crate) fn new(services: &[&str], max_reads: usize) -> Result<Self, routes::TableError> {
+    /// most `reads` request bodies are read at once.
+    pub(crate) fn new(
+        services: &[&str],
+        reads: Arc<crate::limits::Shares>,
+    ) -> Result<Self, routes::TableError> {
         let pool = DescriptorPool::decode(jobmesh_proto::FILE_DESCRIPTOR_SET)?;
         let table = Table::build(&pool, services)?;
         let openapi = Bytes::from(openapi::document(&table));
         Ok(Self {
             table,
             openapi,
-            reads: Arc::new(tokio::sync::Semaphore::new(max_reads.max(1))),
-            max_reads: max_reads.max(1),
+            reads,
             auth: None,
             body_timeout: std::time::Duration::from_secs(5),
         })
@@ -217,20 +219,28 @@ where
     };
     // A caller without valid credentials is refused before its body is read: it
     // cannot hold a read slot by sending slowly.
-    if let Some(auth) = &shim.auth {
-        let credentials = match metadata(request.headers()) {
-            Ok(credentials) => credentials,
-            Err(refused) => return refusal(refused),
-        };
-        if let Err(status) = auth.authenticate(&credentials) {
+    let caller = match &shim.auth {
+        Some(auth) => {
+            let credentials = match metadata(request.headers()) {
+                Ok(credentials) => credentials,
+                Err(refused) => return refusal(refused),
+            };
+            match auth.authenticate(&credentials) {
+                Ok(caller) => caller,
+                Err(status) => {
+                    crate::limits::drain(request.into_body()).await;
+                    return status_response(&status);
+                }
+            }
+        }
+        None => jobmesh_runtime::auth::Caller::anonymous(),
+    };
+    let reading = match shim.reads.take(crate::limits::tenant_key(&caller)) {
+        Ok(reading) => reading,
+        Err(status) => {
             crate::limits::drain(request.into_body()).await;
             return status_response(&status);
         }
-    }
-    let Ok(reading) = Arc::clone(&shim.reads).try_acquire_owned() else {
-        let status = crate::limits::overloaded(shim.max_reads);
-        crate::limits::drain(request.into_body()).await;
-        return status_response(&status);
     };
     let transcoded = tokio::time::timeout(shim.body_timeout, transcode(route, bound, request))
         .await
@@ -626,6 +636,9 @@ fn status_response(status: &Status) -> HttpResponse {
 fn refusal(refused: Refusal) -> HttpResponse {
     json_error(refused.http, error_body_of(refused.code, &refused.message))
 }
+
+#[cfg(test)]
+mod props;
 
 #[cfg(test)]
 mod tests {

@@ -1074,6 +1074,106 @@ mod tests {
         format!("{message}.{signature}")
     }
 
+    /// Runs `check` on values from `strategy` against the dev-key verifier.
+    fn property<S: proptest::strategy::Strategy>(
+        strategy: S,
+        check: impl Fn(
+            &Authenticator,
+            &Path,
+            S::Value,
+        ) -> Result<(), proptest::test_runner::TestCaseError>,
+    ) where
+        S::Value: std::fmt::Debug,
+    {
+        let (dir, _minter, verifier) = setup();
+        let auth = Authenticator::new(Some(verifier));
+        let path = dir.path().join("key");
+        let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+            cases: 512,
+            ..Default::default()
+        });
+        runner
+            .run(&strategy, |value| check(&auth, &path, value))
+            .expect("property");
+    }
+
+    fn with_authorization(value: &str) -> Option<tonic::metadata::MetadataMap> {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        metadata.insert("authorization", value.parse().ok()?);
+        Some(metadata)
+    }
+
+    #[test]
+    fn any_authorization_value_is_refused_as_unauthenticated() {
+        property("\\PC{0,120}", |auth, _, value| {
+            let Some(metadata) = with_authorization(&value) else {
+                return Ok(());
+            };
+            let refused = auth.authenticate(&metadata).expect_err("not a valid token");
+            proptest::prop_assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+            proptest::prop_assert!(!refused.message().contains(&value) || value.len() < 8);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn any_jwt_shaped_bearer_is_refused_as_unauthenticated() {
+        let part = || "[A-Za-z0-9_=+/-]{0,60}";
+        property(
+            (part(), part(), part()),
+            |auth, _, (header, payload, signature)| {
+                let Some(metadata) =
+                    with_authorization(&format!("Bearer {header}.{payload}.{signature}"))
+                else {
+                    return Ok(());
+                };
+                let refused = auth.authenticate(&metadata).expect_err("not a valid token");
+                proptest::prop_assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+                Ok(())
+            },
+        );
+    }
+
+    #[test]
+    fn any_signed_claims_are_accepted_or_refused_as_unauthenticated() {
+        let claim = proptest::prop_oneof![
+            proptest::strategy::Just("1".to_owned()),
+            proptest::strategy::Just("null".to_owned()),
+            proptest::strategy::Just("\"x\"".to_owned()),
+            proptest::strategy::Just("[]".to_owned()),
+            proptest::strategy::Just("{}".to_owned()),
+            proptest::strategy::Just("4102444800".to_owned()),
+            proptest::strategy::Just("-1".to_owned()),
+            proptest::strategy::Just("1e400".to_owned()),
+            proptest::strategy::Just("[\"jobs:read\"]".to_owned()),
+            "\\PC{0,12}".prop_map(|text| serde_json::Value::from(text).to_string()),
+        ];
+        use proptest::strategy::Strategy as _;
+        let name = proptest::sample::select(vec![
+            "exp", "nbf", "iat", "sub", "tenant", "scope", "scopes", "iss", "aud", "x",
+        ]);
+        let claims = proptest::collection::vec((name, claim), 0..8).prop_map(|pairs| {
+            let body: Vec<String> = pairs
+                .iter()
+                .map(|(name, value)| format!("\"{name}\":{value}"))
+                .collect();
+            format!("{{{}}}", body.join(","))
+        });
+        property(claims, |auth, path, claims| {
+            let token = signed(path, r#"{"alg":"HS256","typ":"JWT"}"#, &claims);
+            let metadata = with_authorization(&format!("Bearer {token}")).expect("ascii");
+            if let Err(refused) = auth.authenticate(&metadata) {
+                proptest::prop_assert_eq!(
+                    refused.code(),
+                    tonic::Code::Unauthenticated,
+                    "{}",
+                    claims
+                );
+            }
+            Ok(())
+        });
+    }
+
     #[test]
     fn crit_headers_repeated_claims_and_malformed_times_are_refused() {
         let (dir, _minter, verifier) = setup();

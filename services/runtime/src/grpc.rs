@@ -13,6 +13,9 @@ pub use crate::metrics::MeteredChannel as Channel;
 /// Largest gRPC message any jobmesh service accepts or sends (4 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
+/// Streams a server lets one HTTP/2 connection carry at once.
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+
 /// Default deadline of an internal call when the caller gives none.
 pub const INTERNAL_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -25,7 +28,7 @@ pub fn builder() -> Server {
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .tcp_nodelay(true)
-        .max_concurrent_streams(Some(1024))
+        .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
 }
 
 /// The layers of every gRPC server, outermost first: metrics (so they record the
@@ -117,6 +120,9 @@ pub fn header_deadline(headers: &http::HeaderMap) -> Option<Duration> {
 }
 
 fn parse_timeout(value: &str) -> Option<Duration> {
+    if !value.is_ascii() {
+        return None;
+    }
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     let amount: u64 = digits.parse().ok()?;
     let duration = match unit {
@@ -222,6 +228,32 @@ mod tests {
             assert_eq!(deadline(&with_timeout(header)), want, "{header:?}");
         }
         assert_eq!(deadline(&tonic::metadata::MetadataMap::new()), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_grpc_timeout_is_read_or_refused(value in "\\PC{0,24}") {
+            let _ = parse_timeout(&value);
+        }
+
+        #[test]
+        fn a_well_formed_grpc_timeout_means_what_it_says(
+            amount in 0u64..100_000_000,
+            unit in proptest::sample::select(vec!['H', 'M', 'S', 'm', 'u', 'n']),
+        ) {
+            let want = match unit {
+                'H' => Duration::from_secs(amount * 3600),
+                'M' => Duration::from_secs(amount * 60),
+                'S' => Duration::from_secs(amount),
+                'm' => Duration::from_millis(amount),
+                'u' => Duration::from_micros(amount),
+                _ => Duration::from_nanos(amount),
+            };
+            proptest::prop_assert_eq!(
+                parse_timeout(&format!("{amount}{unit}")),
+                Some(want.min(MAX_FORWARDED_DEADLINE))
+            );
+        }
     }
 
     #[test]
