@@ -29,10 +29,10 @@ pub(crate) struct BenchArgs {
     concurrency: usize,
     /// Jobs run one at a time in the round-trip phase.
     #[arg(long, default_value_t = 100)]
-    round_trips: usize,
+    pub(crate) round_trips: usize,
     /// Task to run (a no-op task measures the mesh itself).
     #[arg(long, default_value = "demo.echo")]
-    task: String,
+    pub(crate) task: String,
     /// Give up waiting for the jobs after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout_seconds: u64,
@@ -50,15 +50,27 @@ pub(crate) struct BenchArgs {
     log_width: u64,
     /// Rounds of the log-flood mode (figures are medians over rounds).
     #[arg(long, default_value_t = 3)]
-    rounds: usize,
+    pub(crate) rounds: usize,
+    /// Abuse mode: a client's round trips and health checks alone, then while
+    /// each abuse runs (comma-separated, or `all`): half-open, half-open-token,
+    /// streams, slow-rest, idle, echo. Needs the dev key of `jobmesh dev` (other
+    /// tenants' tokens are minted with it) and a gateway on this machine.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) abuse: Vec<String>,
+    /// Seconds each abuse phase is measured.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) abuse_seconds: u64,
+    /// Sample the resident memory of this process (the mesh) in abuse mode.
+    #[arg(long)]
+    pub(crate) watch_pid: Option<u32>,
     /// Print the figures as one JSON object instead of text.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     #[command(flatten)]
-    addr: GatewayAddr,
+    pub(crate) addr: GatewayAddr,
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -75,6 +87,9 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.log_flood > 0 {
         return log_flood(&args).await;
+    }
+    if !args.abuse.is_empty() {
+        return crate::abuse::run(&args).await;
     }
     let client = args.addr.jobs()?;
     let run_id = uuid::Uuid::now_v7().simple().to_string();
@@ -346,7 +361,7 @@ async fn overload(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 /// One job submitted, watched to its end: the client's round trip in seconds.
-async fn round_trip(
+pub(crate) async fn round_trip(
     client: &mut v1::job_service_client::JobServiceClient<jobmesh_runtime::auth::AuthChannel>,
     task: &str,
 ) -> anyhow::Result<f64> {
@@ -372,7 +387,7 @@ async fn round_trip(
     Ok(t0.elapsed().as_secs_f64())
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     percentile(&values, 50.0)
 }

@@ -1,6 +1,7 @@
 //! The `jobmesh` binary: `jobmesh dev` starts the whole mesh on this machine; the
 //! service modes run one service each; the client commands talk to a gateway.
 
+mod abuse;
 mod bench;
 mod client;
 mod dev;

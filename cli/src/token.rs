@@ -81,13 +81,18 @@ pub(crate) fn run(args: TokenArgs) -> anyhow::Result<()> {
 /// A short-lived user token of tenant "dev" signed with the dev key, when the dev
 /// key exists on this machine (so `jobmesh submit` works next to `jobmesh dev`).
 pub(crate) fn dev_user_token() -> Option<String> {
-    let path = auth::dev_key_path();
-    let minter = Minter::hs256_file(&path).ok()?;
+    dev_token(DEV_TENANT, &scope::DEV)
+}
+
+/// A token of `tenant` with `scopes`, signed with the dev key, valid for an hour
+/// (the abuse bench's other tenants).
+pub(crate) fn dev_token(tenant: &str, scopes: &[&str]) -> Option<String> {
+    let minter = Minter::hs256_file(&auth::dev_key_path()).ok()?;
     minter
         .mint(
             "jobmesh-cli",
-            Some(DEV_TENANT),
-            &scope::DEV,
+            Some(tenant),
+            scopes,
             Duration::from_secs(3600),
         )
         .ok()

@@ -23,6 +23,12 @@ use tokio_util::sync::CancellationToken;
 pub use config::Config;
 pub use connections::ConnectionConfig;
 
+/// Largest request the gateway reads (gRPC message or REST body): the largest
+/// valid request, a submission with 256 KiB of args and 64 labels, is well
+/// under it, and a larger one is refused from its length alone, before it is
+/// read (replies may be up to [`MAX_MESSAGE_BYTES`]).
+pub(crate) const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
 /// Why the gateway could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -139,9 +145,11 @@ pub async fn run(
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let jobs = JobServiceServer::new(gateway.clone())
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let tasks = TaskServiceServer::new(gateway);
+    let tasks = TaskServiceServer::new(gateway)
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let address = listener.local_addr().ok();
     tracing::info!(?address, job_store = %config.job_store_url, dispatcher = %config.dispatcher_url, "gateway serving");
     let stopping = shutdown.clone();

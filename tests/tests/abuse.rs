@@ -696,3 +696,100 @@ async fn a_peer_that_stops_answering_pings_loses_its_connection_and_stream() -> 
     mesh.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_request_is_refused_from_its_length() -> anyhow::Result<()> {
+    let mesh = Mesh::start(MeshOptions::default()).await?;
+    let huge = "x".repeat(3 * 1024 * 1024);
+    let refused = mesh
+        .jobs()
+        .get_job(v1::GetJobRequest {
+            job_id: huge.clone(),
+        })
+        .await
+        .expect_err("over the request limit");
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+    assert!(
+        refused.message().contains("the limit is: 1048576 bytes"),
+        "{}",
+        refused.message()
+    );
+    let refused = mesh
+        .jobs()
+        .submit_job(v1::SubmitJobRequest {
+            task: huge,
+            ..Default::default()
+        })
+        .await
+        .expect_err("over the request limit");
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+    // Nothing was created, and the largest valid submission still goes in.
+    let listed = mesh
+        .jobs()
+        .list_jobs(v1::ListJobsRequest::default())
+        .await?
+        .into_inner();
+    assert!(listed.jobs.is_empty(), "{:?}", listed.jobs);
+    let args = serde_json::json!({ "blob": "y".repeat(250 * 1024) });
+    let job = mesh
+        .submit(v1::SubmitJobRequest {
+            task: "demo.echo".into(),
+            args: args.as_object().map(jobmesh_proto::json::json_to_struct),
+            labels: (0..64)
+                .map(|n| (format!("k{n}"), "v".repeat(256)))
+                .collect(),
+            ..Default::default()
+        })
+        .await?;
+    mesh.finished(&job.id, Duration::from_secs(20)).await?;
+    mesh.stop().await;
+    Ok(())
+}
+
+/// Watches do not each poll PostgreSQL: one task re-reads the versions of every
+/// watched job together. A change whose NATS event never came (here: written
+/// to PostgreSQL behind job-store's back) still reaches every watch of the job,
+/// within the resync period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_event_was_lost_still_reaches_every_watch() -> anyhow::Result<()> {
+    let mesh = Mesh::start(MeshOptions::default()).await?;
+    let mine = mesh.token(TENANT, &scope::USER);
+    let job = queued(&mesh, &mine).await?;
+    let other = queued(&mesh, &mine).await?;
+    let mut jobs = mesh.jobs();
+    let mut watches = Vec::new();
+    for _ in 0..3 {
+        watches.push(watching(&mut jobs, &job.id).await?);
+    }
+    let mut quiet = watching(&mut jobs, &other.id).await?;
+    let (client, connection) = tokio_postgres::connect(
+        &format!("{}/{}", jobmesh_tests::postgres_server(), mesh.database),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    tokio::spawn(connection);
+    let id: uuid::Uuid = job.id.parse()?;
+    client
+        .execute(
+            "UPDATE jobs SET priority = 7, version = version + 1 WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+    for watch in &mut watches {
+        let seen = tokio::time::timeout(Duration::from_secs(6), watch.message())
+            .await
+            .map_err(|_| anyhow::anyhow!("the change never reached the watch"))??
+            .and_then(|m| m.job)
+            .expect("a job");
+        assert_eq!((seen.priority, seen.version), (7, job.version + 1));
+    }
+    // A watch of a job that did not change is not woken.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), quiet.message())
+            .await
+            .is_err(),
+        "the other job's watch sent something"
+    );
+    mesh.stop().await;
+    Ok(())
+}

@@ -197,7 +197,7 @@ async fn bad_requests_get_exact_statuses_and_bodies_and_create_nothing() -> anyh
             vec![],
             &huge,
             413,
-            json!({"code": 8, "message": "the request body is larger than 4194304 bytes", "details": []}),
+            json!({"code": 8, "message": "the request body is larger than 1048576 bytes", "details": []}),
         ),
         (
             "POST",

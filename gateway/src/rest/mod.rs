@@ -20,6 +20,8 @@ use futures::future::{BoxFuture, FutureExt as _};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt as _, Limited, StreamBody};
 use jobmesh_runtime::grpc::MAX_MESSAGE_BYTES;
+
+use crate::MAX_REQUEST_BYTES;
 use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, SerializeOptions};
 use tonic::{Code, Status};
 
@@ -273,7 +275,7 @@ async fn transcode(
         Refusal::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             Code::ResourceExhausted,
-            format!("the request body is larger than {MAX_MESSAGE_BYTES} bytes"),
+            format!("the request body is larger than {MAX_REQUEST_BYTES} bytes"),
         )
     };
     let declared = parts
@@ -281,10 +283,10 @@ async fn transcode(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_MESSAGE_BYTES as u64) {
+    if declared.is_some_and(|n| n > MAX_REQUEST_BYTES as u64) {
         return Err(too_large());
     }
-    let body = Limited::new(body, MAX_MESSAGE_BYTES)
+    let body = Limited::new(body, MAX_REQUEST_BYTES)
         .collect()
         .await
         .map_err(|e| {

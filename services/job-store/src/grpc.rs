@@ -26,14 +26,13 @@ use crate::store::{ListFilter, Store};
 /// Messages buffered per watcher before the watcher is considered slow (it then
 /// skips to the latest state rather than holding memory).
 const WATCH_BUFFER: usize = 64;
-/// A watcher re-reads the job this often when no event arrived, so a lost event
-/// (NATS reconnect) delays it at most this long.
-const WATCH_RESYNC: Duration = Duration::from_secs(2);
 
 pub(crate) struct JobStoreGrpc {
     pub(crate) creator: crate::batch::Creator,
     pub(crate) store: Store,
     pub(crate) logs: Logs,
+    /// Open watches, re-read together in case an event was lost.
+    pub(crate) resync: crate::resync::Resync,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -253,7 +252,16 @@ impl JobStoreService for JobStoreGrpc {
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let store = self.store.clone();
         let shutdown = self.shutdown.clone();
-        tokio::spawn(watch(store, r.tenant, snapshot, subscriber, tx, shutdown));
+        let registration = self.resync.register(id, snapshot.version);
+        tokio::spawn(watch(
+            store,
+            r.tenant,
+            snapshot,
+            subscriber,
+            tx,
+            registration,
+            shutdown,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -551,6 +559,7 @@ async fn watch(
     snapshot: Job,
     mut subscriber: async_nats::Subscriber,
     tx: mpsc::Sender<Result<pb::WatchJobResponse, Status>>,
+    resync: crate::resync::Registration,
     shutdown: CancellationToken,
 ) {
     let id = snapshot.id;
@@ -576,13 +585,15 @@ async fn watch(
                 },
                 None => reread(&store, &tenant, id).await,
             },
-            _ = tokio::time::sleep(WATCH_RESYNC) => reread(&store, &tenant, id).await,
+            // The job moved past what was sent, and its event did not come.
+            () = resync.watched.moved.notified() => reread(&store, &tenant, id).await,
         };
         let Some(job) = next else { continue };
         if job.version <= last {
             continue;
         }
         last = job.version;
+        resync.sent(last);
         let terminal = job.state().is_terminal();
         if tx.send(Ok(send(job))).await.is_err() || terminal {
             break;

@@ -15,6 +15,7 @@ mod metrics;
 mod model;
 mod outbox;
 mod page;
+mod resync;
 mod store;
 mod sweeper;
 
@@ -125,10 +126,13 @@ pub async fn run(
     }
     tasks.close();
     let creator = batch::Creator::start(store.clone(), background.clone());
+    let resync = resync::Resync::default();
+    tokio::spawn(resync.clone().run(store.clone(), shutdown.clone()));
     let service = JobStoreServiceServer::new(grpc::JobStoreGrpc {
         creator,
         store,
         logs,
+        resync,
         shutdown: shutdown.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -202,6 +202,22 @@ impl Store {
         })
     }
 
+    /// The versions of those of `ids` that exist (any tenant: ids are unique).
+    pub(crate) async fn versions(&self, ids: &[Uuid]) -> Result<Vec<(Uuid, i64)>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached("SELECT id, version FROM jobs WHERE id = ANY($1)")
+                    .await?,
+                &[&ids],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
+    }
+
     /// Up to `limit` jobs of a tenant older than `before`, newest first.
     pub(crate) async fn list(
         &self,
