@@ -189,6 +189,11 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     } else {
         ""
     };
+    // The token goes in the fragment: browsers never send it to the server.
+    let dashboard = match &user_token {
+        Some(token) => format!("http://{gateway_addr}/ui/#token={token}"),
+        None => format!("http://{gateway_addr}/ui/"),
+    };
     let mut tasks = jobmesh_worker::Handlers::builtin().tasks();
     tasks.extend(exec.iter().map(|(task, _)| task.clone()));
     tasks.sort();
@@ -198,7 +203,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         .map(|(task, command)| format!("  exec        {task}: {command}\n"))
         .collect();
     let banner = format!(
-        "jobmesh dev mesh is up\n  gateway     {gateway_addr}   (gRPC: jobmesh.v1.JobService, TaskService, health, reflection; REST: /v1/..., /openapi.json)\n  metrics     http://{}/metrics\n  job-store   {job_store_url}\n  dispatcher  {dispatcher_url}\n  worker      {} slots, tasks {}\n{exec_lines}  postgres    {}\n  nats        {} (prefix {})\n{auth_lines}\ntry:\n  grpcurl -plaintext{header} -d '{{\"task\":\"demo.sleep\",\"args\":{{\"seconds\":3,\"steps\":5}}}}' {gateway_addr} jobmesh.v1.JobService/SubmitJob\n  curl -s{header} -H 'Content-Type: application/json' -d '{{\"task\":\"demo.sleep\",\"args\":{{\"seconds\":3}}}}' http://{gateway_addr}/v1/jobs\n  curl -sN{header} http://{gateway_addr}/v1/jobs/<id>:watch\n  jobmesh submit demo.sleep --args '{{\"seconds\":3}}' --watch --logs\n  jobmesh logs -f <id>\n\nCtrl-C stops the mesh.",
+        "jobmesh dev mesh is up\n  gateway     {gateway_addr}   (gRPC: jobmesh.v1.JobService, TaskService, health, reflection; REST: /v1/..., /openapi.json)\n  dashboard   {dashboard}\n  metrics     http://{}/metrics\n  job-store   {job_store_url}\n  dispatcher  {dispatcher_url}\n  worker      {} slots, tasks {}\n{exec_lines}  postgres    {}\n  nats        {} (prefix {})\n{auth_lines}\ntry:\n  grpcurl -plaintext{header} -d '{{\"task\":\"demo.sleep\",\"args\":{{\"seconds\":3,\"steps\":5}}}}' {gateway_addr} jobmesh.v1.JobService/SubmitJob\n  curl -s{header} -H 'Content-Type: application/json' -d '{{\"task\":\"demo.sleep\",\"args\":{{\"seconds\":3}}}}' http://{gateway_addr}/v1/jobs\n  curl -sN{header} http://{gateway_addr}/v1/jobs/<id>:watch\n  jobmesh submit demo.sleep --args '{{\"seconds\":3}}' --watch --logs\n  jobmesh logs -f <id>\n\nCtrl-C stops the mesh.",
         args.metrics_listen,
         args.worker_slots,
         tasks.join(", "),

@@ -10,6 +10,7 @@ mod grpc;
 mod limits;
 mod pool;
 mod rest;
+mod ui;
 mod validate;
 
 use jobmesh_proto::internal::dispatcher_service_client::DispatcherServiceClient;

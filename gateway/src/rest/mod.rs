@@ -184,6 +184,9 @@ where
     // tonic's own Grpc-Timeout timer started when the request arrived.
     let arrived = std::time::Instant::now();
     let path = request.uri().path().to_owned();
+    if path == "/ui" || path.starts_with(crate::ui::PREFIX) {
+        return crate::ui::serve(request.method(), &path);
+    }
     if path == OPENAPI_PATH {
         return if request.method() == http::Method::GET {
             let mut response = http::Response::new(tonic::body::Body::new(

@@ -166,6 +166,18 @@ fn describe() {
         "time from a job's first start to its end, by task and state"
     );
     describe_gauge!(
+        "jobmesh_gateway_connections_open",
+        "connections open on the gateway's listener"
+    );
+    describe_counter!(
+        "jobmesh_gateway_connections_refused_total",
+        "connections the gateway closed at once, over --max-connections (limit=\"total\") or --max-connections-per-peer (limit=\"peer\")"
+    );
+    describe_counter!(
+        "jobmesh_gateway_connections_idle_closed_total",
+        "connections the gateway closed after --idle-timeout-ms with no request open"
+    );
+    describe_gauge!(
         "jobmesh_outbox_rows",
         "committed jobs not yet published to JetStream"
     );

@@ -14,8 +14,9 @@ pub(crate) fn register(handlers: &mut Handlers) {
 }
 
 /// Prints `lines` log lines (default 10, at most 10 000 000) of about `width`
-/// characters (default 40, at most 10 000), as fast as the mesh takes them, or
-/// one every `interval_ms`; reports progress every tenth.
+/// characters (default 40, at most 10 000), or the string `text` each time when
+/// given, as fast as the mesh takes them, or one every `interval_ms`; reports
+/// progress every tenth.
 async fn logs(ctx: JobContext) -> Result<serde_json::Value, TaskError> {
     let number = |name: &str, default: u64, max: u64| -> Result<u64, TaskError> {
         match ctx.args.get(name) {
@@ -34,13 +35,21 @@ async fn logs(ctx: JobContext) -> Result<serde_json::Value, TaskError> {
     let lines = number("lines", 10, 10_000_000)?;
     let width = number("width", 40, 10_000)? as usize;
     let interval = Duration::from_millis(number("interval_ms", 0, 60_000)?);
+    let text = ctx
+        .args
+        .get("text")
+        .and_then(|t| t.as_str())
+        .map(str::to_owned);
     let tenth = (lines / 10).max(1);
     for n in 1..=lines {
         if ctx.is_cancelled() {
             return Err(TaskError::permanent("cancelled"));
         }
-        let mut line = format!("line {n} of {lines} ");
-        while line.len() < width {
+        let mut line = match &text {
+            Some(text) => text.clone(),
+            None => format!("line {n} of {lines} "),
+        };
+        while text.is_none() && line.len() < width {
             line.push('.');
         }
         ctx.log(line).await;
