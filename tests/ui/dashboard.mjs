@@ -207,6 +207,29 @@ await scenario("the pages answer with a Content-Security-Policy that forbids inl
   assert(!policy.includes("unsafe-inline"), policy);
 });
 
+await scenario("on a phone-sized screen nothing spills sideways and a job opens from the keyboard", async (page) => {
+  await page.setViewportSize({ width: 390, height: 844 });
+  const job = await submit({ task: "demo.echo", args: { long: "x".repeat(300) } });
+  await page.goto(`${GATEWAY}/ui/`);
+  await page.waitForSelector(`tr[data-id="${job.id}"]`);
+  const spill = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert(spill <= 0, `the page is ${spill} px wider than the screen`);
+  await page.focus(`tr[data-id="${job.id}"] td.id a`);
+  await page.keyboard.press("Enter");
+  await page.waitForURL(`**/ui/jobs/${job.id}`);
+  await page.waitForSelector("pre.json");
+  const spillJob = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert(spillJob <= 0, `the job page is ${spillJob} px wider than the screen`);
+});
+
+await scenario("the sign-in form works from the keyboard alone", async (page) => {
+  await page.goto(`${GATEWAY}/ui/workers`);
+  await page.waitForSelector("form.sign-in");
+  await page.keyboard.type(TOKEN);
+  await page.keyboard.press("Enter");
+  await page.waitForSelector("tr[data-worker]");
+}, { token: null });
+
 if (SCREENSHOTS) {
   mkdirSync(SCREENSHOTS, { recursive: true });
   await submit({ task: "demo.sleep", args: { seconds: 30, steps: 30 }, labels: { team: "vision" } });
