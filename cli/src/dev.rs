@@ -69,6 +69,10 @@ pub(crate) struct DevArgs {
     /// Calls the gateway handles at once before refusing more (load shedding).
     #[arg(long, env = "JOBMESH_MAX_INFLIGHT", default_value_t = 512)]
     max_inflight: usize,
+    /// Where the dashboard links a job's trace, with `{trace_id}` in it, e.g.
+    /// `http://localhost:16686/trace/{trace_id}` (Jaeger).
+    #[arg(long, env = "JOBMESH_UI_TRACE_URL")]
+    ui_trace_url: Option<String>,
     /// Run without authentication (every caller is tenant "default" with every
     /// scope). Without it, the dev signing key is used and a token printed.
     #[arg(long)]
@@ -148,6 +152,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         jobmesh_gateway::Config::new(job_store_url.clone(), dispatcher_url.clone());
     gateway_config.auth = auth_config;
     gateway_config.max_inflight = args.max_inflight;
+    gateway_config.ui_trace_url = args.ui_trace_url.clone();
     // One endpoint for the whole process: the recorder is shared by its services.
     match TcpListener::bind(&args.metrics_listen).await {
         Ok(listener) => {

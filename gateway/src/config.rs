@@ -55,6 +55,10 @@ pub struct Config {
     /// --max-streams).
     #[arg(long, env = "JOBMESH_MAX_STREAMS_PER_TENANT", default_value_t = 1024)]
     pub max_streams_per_tenant: usize,
+    /// Where the dashboard links a job's trace, with `{trace_id}` in it, e.g.
+    /// `http://localhost:16686/trace/{trace_id}` (Jaeger); unset: no link.
+    #[arg(long, env = "JOBMESH_UI_TRACE_URL")]
+    pub ui_trace_url: Option<String>,
     /// Connections, limits and timeouts of the listener.
     #[command(flatten)]
     pub connections: crate::connections::ConnectionConfig,
@@ -78,6 +82,7 @@ impl Config {
             body_timeout_ms: 5_000,
             max_streams: 4096,
             max_streams_per_tenant: 1024,
+            ui_trace_url: None,
             connections: crate::connections::ConnectionConfig::default(),
             metrics: jobmesh_runtime::metrics::MetricsConfig::default(),
         }

@@ -45,6 +45,8 @@ pub enum RunError {
     Metrics(#[source] std::io::Error),
     #[error("REST routes: {0}")]
     Rest(String),
+    #[error("{0}")]
+    Config(String),
     #[error("reflection")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("grpc server")]
@@ -76,8 +78,10 @@ pub async fn run(
     );
     // REST bodies are read (and their reads bounded) before the call reaches the
     // in-flight cap, so the reads have shares of their own, of the same size.
+    let ui = ui::Settings::new(config.ui_trace_url.as_deref()).map_err(RunError::Config)?;
     let shim = rest::Shim::new(&PUBLIC_SERVICES, calls())
         .map_err(|e| RunError::Rest(e.to_string()))?
+        .with_ui(ui)
         .guarded(
             jobmesh_runtime::auth::Authenticator::new(verifier.clone()),
             config.body_timeout(),

@@ -12,6 +12,40 @@ use jobmesh_runtime::grpc::HttpResponse;
 /// Where the dashboard lives.
 pub(crate) const PREFIX: &str = "/ui/";
 
+/// What the pages are told about this gateway (`/ui/config.json`).
+pub(crate) struct Settings {
+    config: Bytes,
+}
+
+impl Default for Settings {
+    /// No trace link.
+    fn default() -> Self {
+        Self {
+            config: Bytes::from_static(br#"{"traceUrl":null}"#),
+        }
+    }
+}
+
+impl Settings {
+    /// `trace_url`: where a job's trace is shown, with `{trace_id}` in it
+    /// (`--ui-trace-url`); it must be an http(s) URL.
+    pub(crate) fn new(trace_url: Option<&str>) -> Result<Self, String> {
+        if let Some(url) = trace_url {
+            let web = url.starts_with("http://") || url.starts_with("https://");
+            if !web || !url.contains("{trace_id}") {
+                return Err(format!(
+                    "--ui-trace-url {}: give an http(s) URL with {{trace_id}} in it, e.g. http://localhost:16686/trace/{{trace_id}}",
+                    jobmesh_runtime::quote::quoted(url)
+                ));
+            }
+        }
+        let config = serde_json::json!({ "traceUrl": trace_url });
+        Ok(Self {
+            config: Bytes::from(config.to_string()),
+        })
+    }
+}
+
 /// The policy of every answer under `/ui/`: the page's own files only, no inline
 /// script or style, no framing.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
@@ -62,7 +96,7 @@ fn is_page(rest: &str) -> bool {
 }
 
 /// The answer to a request for `path` (`/ui` or under `/ui/`).
-pub(crate) fn serve(method: &Method, path: &str) -> HttpResponse {
+pub(crate) fn serve(method: &Method, path: &str, settings: &Settings) -> HttpResponse {
     if path == "/ui" {
         let mut response = plain(StatusCode::PERMANENT_REDIRECT, "the dashboard is at /ui/");
         response
@@ -81,6 +115,14 @@ pub(crate) fn serve(method: &Method, path: &str) -> HttpResponse {
         return response;
     }
     let rest = path.strip_prefix(PREFIX).unwrap_or_default();
+    if rest == "config.json" {
+        let mut response = secured(StatusCode::OK, settings.config.clone());
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        return response;
+    }
     let asset = if is_page(rest) {
         find("index.html")
     } else {
@@ -140,6 +182,19 @@ fn secured(status: StatusCode, body: Bytes) -> HttpResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_trace_url_must_be_a_web_address_with_the_trace_id() {
+        assert!(Settings::new(Some("http://localhost:16686/trace/{trace_id}")).is_ok());
+        for bad in [
+            "javascript:alert(1)//{trace_id}",
+            "http://localhost:16686/trace/",
+            "ftp://x/{trace_id}",
+        ] {
+            let refused = Settings::new(Some(bad)).err().expect(bad);
+            assert!(refused.contains("{trace_id}"), "{refused}");
+        }
+    }
 
     fn text(name: &str) -> &'static str {
         std::str::from_utf8(find(name).expect(name).body).expect("utf-8")
@@ -205,21 +260,21 @@ mod tests {
         ] {
             assert!(!is_page(other), "{other}");
         }
+        let settings = Settings::default();
+        let status = |method: &Method, path: &str| serve(method, path, &settings).status();
         assert_eq!(
-            serve(&Method::GET, "/ui/index.html").status(),
+            status(&Method::GET, "/ui/index.html"),
             StatusCode::NOT_FOUND
         );
         assert_eq!(
-            serve(&Method::GET, "/ui/../Cargo.toml").status(),
+            status(&Method::GET, "/ui/../Cargo.toml"),
             StatusCode::NOT_FOUND
         );
         assert_eq!(
-            serve(&Method::POST, "/ui/").status(),
+            status(&Method::POST, "/ui/"),
             StatusCode::METHOD_NOT_ALLOWED
         );
-        assert_eq!(
-            serve(&Method::GET, "/ui").status(),
-            StatusCode::PERMANENT_REDIRECT
-        );
+        assert_eq!(status(&Method::GET, "/ui"), StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(status(&Method::GET, "/ui/config.json"), StatusCode::OK);
     }
 }

@@ -11,6 +11,12 @@ import * as workers from "./workers.js";
 import * as submit from "./submit.js";
 
 const main = document.getElementById("main");
+
+/** What the gateway tells the pages (`/ui/config.json`): `traceUrl`, with
+ *  `{trace_id}` in it, or null. */
+export const settings = fetch("/ui/config.json")
+  .then((response) => (response.ok ? response.json() : {}))
+  .catch(() => ({}));
 let leaving = new AbortController();
 
 /** The page for a path under /ui/, and its parameters. */

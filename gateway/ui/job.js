@@ -2,7 +2,7 @@
 // and the two things a reader may do to it: cancel it, or submit it again.
 
 import * as api from "./api.js";
-import { go } from "./app.js";
+import { go, settings } from "./app.js";
 import { duration, fill, h, progressBar, secondsBetween, stateBadge, time } from "./dom.js";
 
 /** Log lines kept on the page; older ones are removed as new ones come. */
@@ -12,7 +12,7 @@ const TERMINAL = new Set(["JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_
 
 export async function render(main, { id }, signal) {
   const path = `/v1/jobs/${encodeURIComponent(id)}`;
-  const { job } = await api.call("GET", path);
+  const [{ job }, { traceUrl }] = await Promise.all([api.call("GET", path), settings]);
   const summary = h("section", { class: "job", "aria-live": "polite" });
   const actions = h("div", { class: "actions" });
   const notice = h("p", { role: "status", class: "notice" });
@@ -28,7 +28,7 @@ export async function render(main, { id }, signal) {
   const update = (fresh) => {
     if (fresh !== job && Number(fresh.version) < Number(current.version)) return;
     current = fresh;
-    fill(summary, details(fresh));
+    fill(summary, details(fresh, traceUrl));
     fill(actions, buttons(fresh, path, notice, update));
   };
   update(job);
@@ -52,7 +52,7 @@ function json(value) {
 }
 
 /** What the job is and where it is. */
-function details(job) {
+function details(job, traceUrl) {
   const queued = secondsBetween(job.createTime, job.startTime ?? job.finishTime);
   const ran = job.startTime ? secondsBetween(job.startTime, job.finishTime) : null;
   const labels = Object.entries(job.labels ?? {});
@@ -67,6 +67,11 @@ function details(job) {
       ? h("ul", { class: "labels" }, labels.map(([k, v]) => h("li", {}, `${k}=${v}`)))
       : h("span", { class: "muted" }, "none")),
     row("Worker", job.workerId || h("span", { class: "muted" }, "none yet")),
+    traceUrl && job.traceId && row("Trace", h("a", {
+      href: traceUrl.replace("{trace_id}", encodeURIComponent(job.traceId)),
+      target: "_blank",
+      rel: "noopener noreferrer",
+    }, `${job.traceId} ↗`)),
     row("Created", time(job.createTime)),
     row("Started", time(job.startTime)),
     row("Finished", time(job.finishTime)),

@@ -200,6 +200,21 @@ await scenario("the workers page shows the dev worker and its slots", async (pag
   assert(text.includes("demo.sleep"), `no tasks in ${text}`);
 });
 
+await scenario("a job links to its trace when the gateway has --ui-trace-url", async (page) => {
+  const settings = await (await fetch(`${GATEWAY}/ui/config.json`)).json();
+  const job = await submit({ task: "demo.echo" });
+  await page.goto(`${GATEWAY}/ui/jobs/${job.id}`);
+  await page.waitForSelector("pre.json");
+  const links = await page.$$eval("a[target=_blank]", (as) => as.map((a) => a.href));
+  if (!settings.traceUrl || !job.traceId) {
+    assert(links.length === 0, `a trace link without a trace URL or id: ${links}`);
+    return;
+  }
+  assert(/^[0-9a-f]{32}$/.test(job.traceId), `trace id ${job.traceId}`);
+  const want = settings.traceUrl.replace("{trace_id}", job.traceId);
+  assert(links.includes(want), `links ${links}, want ${want}`);
+});
+
 await scenario("the pages answer with a Content-Security-Policy that forbids inline script and framing", async (page) => {
   const response = await page.goto(`${GATEWAY}/ui/`);
   const policy = response.headers()["content-security-policy"] ?? "";

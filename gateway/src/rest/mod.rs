@@ -49,6 +49,8 @@ pub(crate) struct Shim {
     /// `body_timeout` to send it.
     auth: Option<jobmesh_runtime::auth::Authenticator>,
     body_timeout: std::time::Duration,
+    /// What the dashboard's pages are told (`/ui/config.json`).
+    ui: crate::ui::Settings,
 }
 
 impl Shim {
@@ -67,11 +69,18 @@ impl Shim {
             reads,
             auth: None,
             body_timeout: std::time::Duration::from_secs(5),
+            ui: crate::ui::Settings::default(),
         })
     }
 
     /// The shim refusing callers without valid credentials before it reads their
     /// body, and bodies that take longer than `body_timeout`.
+    /// The shim telling the dashboard `ui`.
+    pub(crate) fn with_ui(mut self, ui: crate::ui::Settings) -> Self {
+        self.ui = ui;
+        self
+    }
+
     pub(crate) fn guarded(
         mut self,
         auth: jobmesh_runtime::auth::Authenticator,
@@ -185,7 +194,7 @@ where
     let arrived = std::time::Instant::now();
     let path = request.uri().path().to_owned();
     if path == "/ui" || path.starts_with(crate::ui::PREFIX) {
-        return crate::ui::serve(request.method(), &path);
+        return crate::ui::serve(request.method(), &path, &shim.ui);
     }
     if path == OPENAPI_PATH {
         return if request.method() == http::Method::GET {

@@ -112,6 +112,7 @@ pub(crate) enum TableError {
     Descriptors(#[from] prost_reflect::DescriptorError),
     #[error("google.api.http is not in the descriptor set")]
     NoHttpExtension,
+
     #[error("{rpc}: bad http rule {template:?}: {why}")]
     Template {
         rpc: String,

@@ -151,6 +151,8 @@ pub(crate) struct Job {
     pub(crate) finish_time: Option<SystemTime>,
     pub(crate) update_time: SystemTime,
     pub(crate) version: i64,
+    /// The trace of the submitting call, when it was traced.
+    pub(crate) trace_id: Option<String>,
 }
 
 /// Columns read into a [`Job`], in one place so every query returns the same shape.
@@ -158,7 +160,7 @@ pub(crate) const JOB_COLUMNS: &str = "id, tenant, task, args, state, progress_pe
     progress_message, result, error_message, error_retryable, error_attempt, attempt, \
     max_attempts, labels, priority, timeout_ms, schedule_time, idempotency_key, \
     retry_initial_ms, retry_max_ms, retry_multiplier, retry_jitter, cancel_requested, \
-    worker_id, create_time, start_time, finish_time, update_time, version";
+    worker_id, create_time, start_time, finish_time, update_time, version, traceparent";
 
 fn millis(ms: i64) -> Duration {
     Duration::from_millis(u64::try_from(ms).unwrap_or(0))
@@ -217,6 +219,10 @@ impl TryFrom<&Row> for Job {
             finish_time: row.try_get("finish_time")?,
             update_time: row.try_get("update_time")?,
             version: row.try_get("version")?,
+            trace_id: row
+                .try_get::<_, Option<String>>("traceparent")?
+                .as_deref()
+                .and_then(trace_id_of),
         })
     }
 }
@@ -276,13 +282,41 @@ impl From<&Job> for v1::Job {
                 jitter: job.retry.jitter,
             }),
             worker_id: job.worker_id.clone().unwrap_or_default(),
+            trace_id: job.trace_id.clone().unwrap_or_default(),
         }
     }
+}
+
+/// The trace id of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`), when
+/// it is one.
+fn trace_id_of(traceparent: &str) -> Option<String> {
+    let mut parts = traceparent.split('-');
+    let (_version, id) = (parts.next()?, parts.next()?);
+    let valid = id.len() == 32
+        && id.bytes().all(|b| b.is_ascii_hexdigit())
+        && id.bytes().any(|b| b != b'0');
+    valid.then(|| id.to_ascii_lowercase())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_trace_id_is_read_from_the_traceparent() {
+        assert_eq!(
+            trace_id_of("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01").as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        for bad in [
+            "",
+            "00",
+            "00-xyz-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(trace_id_of(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {
