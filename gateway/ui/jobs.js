@@ -55,6 +55,8 @@ export async function render(main, _params, signal) {
     rows.append(row);
   }
   status.textContent = shown.size === 0 ? "No jobs match." : "";
+  // When the first page is on screen, for measurements (tests/ui/volume.mjs).
+  performance.mark("jobmesh:jobs-shown");
   fill(paging,
     wanted.page && h("a", { href: link({ ...wanted, page: "" }) }, "← Newest"),
     page.nextPageToken && h("a", { href: link({ ...wanted, page: page.nextPageToken }), rel: "next" }, "Older →"));

@@ -56,13 +56,19 @@ const context = await browser.newContext({ viewport: { width: 1200, height: 800 
 await context.addInitScript((t) => sessionStorage.setItem("jobmesh.token", t), TOKEN);
 
 const firstPage = [];
+const driven = [];
 const listAlone = [];
 for (let round = 0; round < ROUNDS; round++) {
   const page = await context.newPage();
   const t0 = Date.now();
   await page.goto(`${GATEWAY}/ui/`);
   await page.waitForSelector("table.jobs tbody tr:nth-child(50)");
-  firstPage.push(Date.now() - t0);
+  // From the start of the navigation to the rows being in the page, by the
+  // browser's own clock (what the page's mark says; the driver's round trips
+  // are not counted).
+  firstPage.push(await page.evaluate(() =>
+    Math.round(performance.getEntriesByName("jobmesh:jobs-shown")[0].startTime)));
+  driven.push(Date.now() - t0);
   const t1 = Date.now();
   const response = await fetch(`${GATEWAY}/v1/jobs?pageSize=50`, { headers: { Authorization: `Bearer ${TOKEN}` } });
   await response.json();
@@ -132,6 +138,7 @@ console.log(JSON.stringify({
   jobs_in_table: total,
   first_page_ms_median: median(firstPage),
   first_page_ms: firstPage,
+  first_page_as_driven_ms_median: median(driven),
   list_jobs_alone_ms_median: median(listAlone),
   running: RUNNING,
   ...live,
