@@ -8,94 +8,11 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jobmesh_proto::v1;
 use jobmesh_tests::faults::{Cluster, ClusterOptions};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::KeyValue;
-use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
-
-/// A span as received, with the service that exported it.
-#[derive(Clone, Debug)]
-struct Received {
-    service: String,
-    name: String,
-    trace_id: String,
-    span_id: String,
-    parent: String,
-    attributes: HashMap<String, String>,
-    events: Vec<String>,
-}
-
-#[derive(Clone, Default)]
-struct Collector(Arc<Mutex<Vec<Received>>>);
-
-fn text(value: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
-    match value.as_ref().and_then(|v| v.value.as_ref()) {
-        Some(AnyValue::StringValue(s)) => s.clone(),
-        Some(AnyValue::IntValue(i)) => i.to_string(),
-        Some(AnyValue::BoolValue(b)) => b.to_string(),
-        Some(AnyValue::DoubleValue(d)) => d.to_string(),
-        _ => String::new(),
-    }
-}
-
-fn attributes(list: &[KeyValue]) -> HashMap<String, String> {
-    list.iter()
-        .map(|kv| (kv.key.clone(), text(&kv.value)))
-        .collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut received = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        for resource in request.into_inner().resource_spans {
-            let service = resource
-                .resource
-                .as_ref()
-                .map(|r| attributes(&r.attributes))
-                .and_then(|a| a.get("service.name").cloned())
-                .unwrap_or_default();
-            for scope in resource.scope_spans {
-                for span in scope.spans {
-                    received.push(Received {
-                        service: service.clone(),
-                        name: span.name.clone(),
-                        trace_id: hex(&span.trace_id),
-                        span_id: hex(&span.span_id),
-                        parent: hex(&span.parent_span_id),
-                        attributes: attributes(&span.attributes),
-                        events: span.events.iter().map(|e| e.name.clone()).collect(),
-                    });
-                }
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
-impl Collector {
-    fn spans(&self) -> Vec<Received> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
+use jobmesh_tests::otlp::{Collector, Received};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_with_a_retry_is_one_trace_across_the_four_services() -> anyhow::Result<()> {
@@ -103,15 +20,7 @@ async fn a_job_with_a_retry_is_one_trace_across_the_four_services() -> anyhow::R
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let endpoint = format!("http://{}", listener.local_addr()?);
     let stop = tokio_util::sync::CancellationToken::new();
-    let serving = stop.clone();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(collector.clone()))
-            .serve_with_incoming_shutdown(
-                jobmesh_runtime::grpc::incoming(listener),
-                serving.cancelled_owned(),
-            ),
-    );
+    let server = tokio::spawn(collector.clone().serve(listener, stop.clone()));
     let cluster = Cluster::start(ClusterOptions {
         binary: PathBuf::from(env!("CARGO_BIN_EXE_jobmesh")),
         workers: 1,

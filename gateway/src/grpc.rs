@@ -210,6 +210,25 @@ impl JobService for Gateway {
         }))
     }
 
+    async fn count_jobs(
+        &self,
+        request: Request<v1::CountJobsRequest>,
+    ) -> Result<Response<v1::CountJobsResponse>, Status> {
+        let tenant = self.authorize(&request, scope::READ)?;
+        let count = validate::count(&tenant, request.get_ref().clone())?;
+        let response = self
+            .job_store
+            .clone()
+            .count_jobs(forward(request.metadata(), count))
+            .await
+            .map_err(upstream("job-store"))?
+            .into_inner();
+        Ok(Response::new(v1::CountJobsResponse {
+            counts: response.counts,
+            limit: validate::COUNT_LIMIT,
+        }))
+    }
+
     async fn cancel_job(
         &self,
         request: Request<v1::CancelJobRequest>,

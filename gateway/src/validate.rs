@@ -32,6 +32,8 @@ pub(crate) const MAX_SCHEDULE_AHEAD: Duration = Duration::from_secs(365 * 24 * 3
 /// Page size: default and cap.
 pub(crate) const DEFAULT_PAGE_SIZE: i32 = 50;
 pub(crate) const MAX_PAGE_SIZE: i32 = 1000;
+/// Where each CountJobs count stops.
+pub(crate) const COUNT_LIMIT: i64 = 10_000;
 
 const NANOS_PER_SECOND: i32 = 1_000_000_000;
 
@@ -384,6 +386,19 @@ pub(crate) fn list(tenant: &str, r: v1::ListJobsRequest) -> Result<pb::ListJobsR
         task: r.task,
         state: r.state,
         labels: filter,
+    })
+}
+
+/// A CountJobs request turned into job-store's CountJobs for `tenant`.
+pub(crate) fn count(tenant: &str, r: v1::CountJobsRequest) -> Result<pb::CountJobsRequest, Status> {
+    if !r.task.is_empty() {
+        task(&r.task)?;
+    }
+    Ok(pb::CountJobsRequest {
+        tenant: tenant.to_owned(),
+        labels: label_filter(&r.labels)?,
+        task: r.task,
+        limit: COUNT_LIMIT,
     })
 }
 

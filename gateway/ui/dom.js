@@ -73,9 +73,19 @@ export function duration(seconds) {
   return `${Math.floor(seconds / 3600)} h ${Math.round((seconds % 3600) / 60)} min`;
 }
 
+/** The reader's local date and time format, made once (making one per row is
+ *  what `toLocaleString` would do, and it shows in a page of 50 rows). */
+const LOCAL_TIME = new Intl.DateTimeFormat(undefined, { dateStyle: "short", timeStyle: "medium" });
+
 /** A time as the reader's local date and time, with the exact value on hover. */
 export function time(value) {
   if (!value) return h("span", { class: "muted" }, "—");
-  const date = new Date(value);
-  return h("time", { datetime: value, title: value }, date.toLocaleString());
+  return h("time", { datetime: value, title: value }, LOCAL_TIME.format(new Date(value)));
+}
+
+const LOCAL_CLOCK = new Intl.DateTimeFormat(undefined, { timeStyle: "medium" });
+
+/** The time of day of `value` (a log line's), in the reader's format. */
+export function clock(value) {
+  return value ? LOCAL_CLOCK.format(new Date(value)) : "";
 }

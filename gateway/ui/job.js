@@ -3,7 +3,7 @@
 
 import * as api from "./api.js";
 import { go, settings } from "./app.js";
-import { duration, fill, h, progressBar, secondsBetween, stateBadge, time } from "./dom.js";
+import { clock, duration, fill, h, progressBar, secondsBetween, stateBadge, time } from "./dom.js";
 
 /** Log lines kept on the page; older ones are removed as new ones come. */
 const MAX_LINES = 5000;
@@ -131,7 +131,7 @@ function followLogs(path, logs, status, follow, signal) {
         `… ${entry.dropped} earlier lines were dropped (the job's log limit, or the worker printing faster than it may) …`));
     }
     logs.append(h("li", { class: `line ${String(entry.stream ?? "").toLowerCase()}`, dataset: { sequence: entry.sequence, time: entry.time ?? "" } },
-      h("span", { class: "when" }, entry.time ? new Date(entry.time).toLocaleTimeString() : ""),
+      h("span", { class: "when" }, clock(entry.time)),
       h("span", { class: "text" }, entry.line + (entry.truncated ? " …(cut)" : ""))));
     count += 1;
     while (logs.children.length > MAX_LINES) logs.firstElementChild.remove();

@@ -1,13 +1,16 @@
 // `/ui/` — the jobs of the tenant, newest first, filtered by state, task and
-// labels (kept in the URL), a page at a time, and kept live by one WatchJobs
-// stream for the whole page (not one watch per row).
+// labels (kept in the URL), a page at a time, with how many jobs are in each
+// state, and kept live by one WatchJobs stream for the whole page (not one
+// watch per row).
 
 import * as api from "./api.js";
 import { go } from "./app.js";
-import { duration, fill, h, progressBar, secondsBetween, stateBadge, time } from "./dom.js";
+import { duration, fill, h, progressBar, secondsBetween, stateBadge, stateName, time } from "./dom.js";
 
 const PAGE_SIZE = 50;
 const STATES = ["queued", "running", "succeeded", "failed", "cancelled"];
+/** The counts are asked for again at most this often while jobs change. */
+const COUNTS_EVERY_MS = 1000;
 
 /** The filters of the URL. */
 function filters() {
@@ -39,15 +42,18 @@ export async function render(main, _params, signal) {
       h("th", { scope: "col" }, "Duration"))),
     rows);
   const paging = h("nav", { class: "paging", "aria-label": "pages of jobs" });
-  fill(main, h("h1", {}, "Jobs"), form, status, h("div", { class: "scroll" }, table), paging);
+  const counts = h("nav", { class: "counts", "aria-label": "jobs per state" });
+  fill(main, h("h1", {}, "Jobs"), counts, form, status, h("div", { class: "scroll" }, table), paging);
 
-  const page = await api.call("GET", `/v1/jobs${api.query({
+  const listed = api.call("GET", `/v1/jobs${api.query({
     pageSize: PAGE_SIZE,
     pageToken: wanted.page,
     state: stateParam(wanted.state),
     task: wanted.task,
     labels: wanted.labels,
   })}`);
+  const recount = counting(counts, wanted, signal);
+  const page = await listed;
   const shown = new Map();
   for (const job of page.jobs ?? []) {
     const row = jobRow(job);
@@ -73,6 +79,7 @@ export async function render(main, _params, signal) {
     if (!job) return;
     const row = shown.get(job.id);
     if (row && Number(row.dataset.version) > Number(job.version)) return;
+    if (!row || row.dataset.state !== job.state) recount();
     if (row) {
       const fresh = jobRow(job);
       row.replaceWith(fresh);
@@ -95,6 +102,43 @@ export async function render(main, _params, signal) {
 /** The URL of the jobs page with `wanted` filters. */
 function link(wanted) {
   return `/ui/${api.query({ state: wanted.state, task: wanted.task, label: wanted.labels, page: wanted.page })}`;
+}
+
+/** Shows how many jobs (of the task and labels filtered on) are in each state,
+ *  each a link to the jobs in it; returns a function that asks for the counts
+ *  again, at most once every COUNTS_EVERY_MS however often it is called. */
+function counting(counts, wanted, signal) {
+  const load = async () => {
+    const answer = await api.call("GET", `/v1/jobs:count${api.query({ task: wanted.task, labels: wanted.labels })}`);
+    if (signal.aborted) return;
+    const links = (answer.counts ?? []).map((entry) => {
+      const state = stateName(entry.state);
+      const number = `${Number(entry.count ?? 0).toLocaleString()}${entry.atLeast ? "+" : ""}`;
+      return h("a", {
+          href: link({ ...wanted, state, page: "" }),
+          class: `count state-${state}`,
+          "aria-current": state === wanted.state ? "page" : null,
+          dataset: { state },
+        },
+        h("span", { class: "count-state" }, state), " ", h("strong", {}, number));
+    });
+    fill(counts,
+      h("a", { href: link({ ...wanted, state: "", page: "" }), class: "count", "aria-current": wanted.state ? null : "page" }, "all"),
+      links);
+  };
+  const failed = (error) => {
+    if (!signal.aborted) fill(counts, h("span", { class: "muted" }, `Counts unavailable: ${error.message}`));
+  };
+  load().catch(failed);
+  let timer = null;
+  signal.addEventListener("abort", () => clearTimeout(timer));
+  return () => {
+    if (timer !== null || signal.aborted) return;
+    timer = setTimeout(() => {
+      timer = null;
+      load().catch(failed);
+    }, COUNTS_EVERY_MS);
+  };
 }
 
 function filterForm(wanted) {

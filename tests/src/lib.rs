@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod faults;
 pub mod http;
+pub mod otlp;
 
 /// PostgreSQL server used by tests (`JOBMESH_TEST_POSTGRES`, default local).
 pub fn postgres_server() -> String {

@@ -46,6 +46,14 @@ async fn codes_of_every_rpc(mesh: &Mesh, token: Option<&str>, job_id: &str) -> V
             ),
         ),
         (
+            "CountJobs".into(),
+            code(
+                jobs.count_jobs(v1::CountJobsRequest::default())
+                    .await
+                    .map(drop),
+            ),
+        ),
+        (
             "CancelJob".into(),
             code(
                 jobs.cancel_job(v1::CancelJobRequest { job_id: id() })
@@ -137,7 +145,10 @@ async fn every_public_rpc_refuses_bad_credentials_and_missing_scopes() -> anyhow
     };
     let reader = mesh.token(TENANT, &[scope::READ]);
     for (rpc, code) in codes_of_every_rpc(&mesh, Some(&reader), &job.id).await {
-        let want = expect(&["GetJob", "ListJobs", "WatchJob", "ListTasks"], &rpc);
+        let want = expect(
+            &["GetJob", "ListJobs", "CountJobs", "WatchJob", "ListTasks"],
+            &rpc,
+        );
         assert_eq!(code, want, "jobs:read {rpc}");
     }
     let worker = mesh.token(TENANT, &[scope::WORKER]);

@@ -869,3 +869,188 @@ async fn logs_are_kept_while_the_job_runs_and_go_after_their_retention() -> anyh
     mesh.stop().await;
     Ok(())
 }
+
+async fn count(
+    mesh: &Mesh,
+    token: Option<&str>,
+    request: v1::CountJobsRequest,
+) -> Result<BTreeMap<String, (i64, bool)>, tonic::Status> {
+    let mut client = match token {
+        Some(token) => mesh.jobs_with(Some(token)),
+        None => mesh.jobs(),
+    };
+    let answer = client.count_jobs(request).await?.into_inner();
+    assert_eq!(answer.limit, 10_000);
+    let states: Vec<JobState> = answer.counts.iter().map(|c| c.state()).collect();
+    assert_eq!(
+        states,
+        [
+            JobState::Queued,
+            JobState::Running,
+            JobState::Succeeded,
+            JobState::Failed,
+            JobState::Cancelled
+        ],
+        "one count per state, in order"
+    );
+    Ok(answer
+        .counts
+        .iter()
+        .filter(|c| c.count > 0)
+        .map(|c| {
+            let name = c.state().as_str_name().trim_start_matches("JOB_STATE_");
+            (name.to_lowercase(), (c.count, c.at_least))
+        })
+        .collect())
+}
+
+fn counts(entries: &[(&str, i64)]) -> BTreeMap<String, (i64, bool)> {
+    entries
+        .iter()
+        .map(|(state, n)| ((*state).to_owned(), (*n, false)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_are_counted_per_state_with_the_filters_and_up_to_the_limit() -> anyhow::Result<()> {
+    let mesh = Mesh::start(MeshOptions::default()).await?;
+    let labelled = |task: &str, team: &str| v1::SubmitJobRequest {
+        labels: [("team".to_owned(), team.to_owned())].into(),
+        max_attempts: 1,
+        ..submit(task)
+    };
+    let mut ended = Vec::new();
+    for _ in 0..3 {
+        ended.push(mesh.submit(labelled("demo.echo", "a")).await?);
+    }
+    ended.push(mesh.submit(labelled("demo.fail", "a")).await?);
+    ended.push(mesh.submit(labelled("demo.echo", "b")).await?);
+    let mut later = labelled("demo.echo", "b");
+    later.schedule_time = Some((std::time::SystemTime::now() + Duration::from_secs(3600)).into());
+    let queued = mesh.submit(later).await?;
+    for job in &ended {
+        mesh.finished(&job.id, Duration::from_secs(30)).await?;
+    }
+    let other = mesh.token("tenant-b", &[scope::SUBMIT, scope::READ]);
+    mesh.jobs_with(Some(&other))
+        .submit_job(submit("demo.echo"))
+        .await?;
+
+    let all = v1::CountJobsRequest::default();
+    assert_eq!(
+        count(&mesh, None, all.clone()).await?,
+        counts(&[("queued", 1), ("succeeded", 4), ("failed", 1)])
+    );
+    let team_a = v1::CountJobsRequest {
+        labels: vec!["team=a".to_owned()],
+        ..Default::default()
+    };
+    assert_eq!(
+        count(&mesh, None, team_a).await?,
+        counts(&[("succeeded", 3), ("failed", 1)])
+    );
+    let fails = v1::CountJobsRequest {
+        task: "demo.fail".to_owned(),
+        ..Default::default()
+    };
+    assert_eq!(count(&mesh, None, fails).await?, counts(&[("failed", 1)]));
+    mesh.jobs()
+        .cancel_job(v1::CancelJobRequest {
+            job_id: queued.id.clone(),
+        })
+        .await?;
+    assert_eq!(
+        count(&mesh, None, all.clone()).await?,
+        counts(&[("succeeded", 4), ("failed", 1), ("cancelled", 1)]),
+        "the counts follow the jobs' changes"
+    );
+    // Another tenant's counts hold only its own job (queued or already done).
+    let theirs = count(&mesh, Some(&other), all.clone()).await?;
+    assert_eq!(
+        theirs.values().map(|(n, _)| n).sum::<i64>(),
+        1,
+        "{theirs:?}"
+    );
+
+    // Bad filters: INVALID_ARGUMENT naming the field, over gRPC and REST.
+    let bad_task = v1::CountJobsRequest {
+        task: "9lives".to_owned(),
+        ..Default::default()
+    };
+    let refused = count(&mesh, None, bad_task).await.expect_err("a bad task");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("task"), "{}", refused.message());
+    let bad_label = v1::CountJobsRequest {
+        labels: vec!["no-equals-sign".to_owned()],
+        ..Default::default()
+    };
+    let refused = count(&mesh, None, bad_label)
+        .await
+        .expect_err("a bad label");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("labels"),
+        "{}",
+        refused.message()
+    );
+    let address = mesh.gateway_url.trim_start_matches("http://");
+    let bearer = format!("Bearer {}", mesh.token(TENANT, &[scope::READ]));
+    let reply = request(
+        address,
+        "GET",
+        "/v1/jobs:count?labels=team%3Da&task=demo.echo",
+        &[("Authorization", bearer.as_str())],
+        b"",
+    )
+    .await?;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let json = reply.json()?;
+    assert_eq!(json["limit"], "10000", "{json}");
+    assert_eq!(json["counts"][2]["state"], "JOB_STATE_SUCCEEDED", "{json}");
+    assert_eq!(json["counts"][2]["count"], "3", "{json}");
+    let reply = request(
+        address,
+        "GET",
+        "/v1/jobs:count?task=9lives",
+        &[("Authorization", bearer.as_str())],
+        b"",
+    )
+    .await?;
+    assert_eq!(reply.status, 400, "{reply:?}");
+    let reply = request(address, "GET", "/v1/jobs:count", &[], b"").await?;
+    assert_eq!(reply.status, 401, "{reply:?}");
+    let no_read = format!("Bearer {}", mesh.token(TENANT, &[scope::SUBMIT]));
+    let reply = request(
+        address,
+        "GET",
+        "/v1/jobs:count",
+        &[("Authorization", no_read.as_str())],
+        b"",
+    )
+    .await?;
+    assert_eq!(reply.status, 403, "{reply:?}");
+
+    // Past the limit a count stops there and says so.
+    let (client, connection) = tokio_postgres::connect(
+        &format!("{}/{}", jobmesh_tests::postgres_server(), mesh.database),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    tokio::spawn(connection);
+    client
+        .batch_execute(
+            "INSERT INTO jobs (id, tenant, task, args, state, max_attempts, retry_initial_ms,
+                 retry_max_ms, retry_multiplier, retry_jitter)
+             SELECT gen_random_uuid(), 'tenant-many', 'demo.echo', '{}', 'succeeded', 1,
+                 1000, 60000, 2, 0.2
+             FROM generate_series(1, 10001)",
+        )
+        .await?;
+    let many = mesh.token("tenant-many", &[scope::READ]);
+    assert_eq!(
+        count(&mesh, Some(&many), all).await?,
+        [("succeeded".to_owned(), (10_000, true))].into()
+    );
+    mesh.stop().await;
+    Ok(())
+}

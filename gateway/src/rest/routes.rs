@@ -398,6 +398,7 @@ mod tests {
                 "GET /v1/jobs/{job_id} -> /jobmesh.v1.JobService/GetJob",
                 "GET /v1/jobs/{job_id}/logs -> /jobmesh.v1.JobService/ReadJobLogs",
                 "GET /v1/jobs/{job_id}:watch -> /jobmesh.v1.JobService/WatchJob",
+                "GET /v1/jobs:count -> /jobmesh.v1.JobService/CountJobs",
                 "GET /v1/jobs:watch -> /jobmesh.v1.JobService/WatchJobs",
                 "GET /v1/tasks -> /jobmesh.v1.TaskService/ListTasks",
                 "GET /v1/workers -> /jobmesh.v1.TaskService/ListWorkers",

@@ -49,6 +49,9 @@ fn job_id(field: &'static str, value: &str) -> Result<Uuid, Error> {
 /// Largest result a job may store (encoded).
 const MAX_RESULT_BYTES: usize = 1024 * 1024;
 
+/// Where a CountJobs count stops at most.
+const MAX_COUNT: i64 = 10_000;
+
 /// Most bytes of jobs in one ListJobs answer (under the 4 MiB message limit).
 const PAGE_BYTES: usize = 3 * 1024 * 1024;
 
@@ -214,6 +217,34 @@ impl JobStoreService for JobStoreGrpc {
         Ok(Response::new(pb::ListJobsResponse {
             jobs: out,
             next_page_token,
+        }))
+    }
+
+    async fn count_jobs(
+        &self,
+        request: Request<pb::CountJobsRequest>,
+    ) -> Result<Response<pb::CountJobsResponse>, Status> {
+        let r = request.into_inner();
+        let filter = ListFilter {
+            task: (!r.task.is_empty()).then_some(r.task),
+            state: None,
+            labels: r
+                .labels
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect(),
+        };
+        let limit = r.limit.clamp(1, MAX_COUNT);
+        let counts = self.store.count(&r.tenant, &filter, limit).await?;
+        Ok(Response::new(pb::CountJobsResponse {
+            counts: counts
+                .into_iter()
+                .map(|(state, count)| v1::StateCount {
+                    state: state.to_proto().into(),
+                    count,
+                    at_least: count >= limit,
+                })
+                .collect(),
         }))
     }
 

@@ -21,6 +21,15 @@ pub(crate) enum State {
 }
 
 impl State {
+    /// Every state, in the order of `jobmesh.v1.JobState`.
+    pub(crate) const ALL: [State; 5] = [
+        State::Queued,
+        State::Running,
+        State::Succeeded,
+        State::Failed,
+        State::Cancelled,
+    ];
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             State::Queued => "queued",
@@ -57,7 +66,7 @@ impl State {
         }
     }
 
-    fn to_proto(self) -> v1::JobState {
+    pub(crate) fn to_proto(self) -> v1::JobState {
         match self {
             State::Queued => v1::JobState::Queued,
             State::Running => v1::JobState::Running,

@@ -22,6 +22,25 @@ pub(crate) struct ListFilter {
     pub(crate) labels: serde_json::Map<String, serde_json::Value>,
 }
 
+/// The ` AND …` conditions of `filter`'s task and labels (not its state), their
+/// values appended to `params`; `labels` is `filter.labels` as one JSON object.
+fn conditions<'a>(
+    filter: &'a ListFilter,
+    labels: &'a serde_json::Value,
+    params: &mut Vec<&'a (dyn ToSql + Sync)>,
+) -> String {
+    let mut sql = String::new();
+    if let Some(task) = &filter.task {
+        params.push(task);
+        sql.push_str(&format!(" AND task = ${}", params.len()));
+    }
+    if !filter.labels.is_empty() {
+        params.push(labels);
+        sql.push_str(&format!(" AND labels @> ${}", params.len()));
+    }
+    sql
+}
+
 /// What ExtendLeases found.
 #[derive(Debug, Default)]
 pub(crate) struct LeaseCheck {
@@ -231,17 +250,10 @@ impl Store {
         let state = filter.state.map(State::as_str);
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&tenant];
         let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = $1");
-        if let Some(task) = &filter.task {
-            params.push(task);
-            sql.push_str(&format!(" AND task = ${}", params.len()));
-        }
+        sql.push_str(&conditions(filter, &labels, &mut params));
         if let Some(state) = &state {
             params.push(state);
             sql.push_str(&format!(" AND state = ${}", params.len()));
-        }
-        if !filter.labels.is_empty() {
-            params.push(&labels);
-            sql.push_str(&format!(" AND labels @> ${}", params.len()));
         }
         if let Some(before) = &before {
             params.push(before);
@@ -253,6 +265,44 @@ impl Store {
             .query(&client.prepare_cached(&sql).await?, &params)
             .await?;
         rows.iter().map(Job::try_from).collect()
+    }
+
+    /// How many of a tenant's jobs match `filter` (its state aside) in each
+    /// state, each count stopping at `limit`: one scan per state that reads at
+    /// most `limit` matching rows, so the cost does not grow with the table.
+    /// Each state is written into the statement (they are our own constants),
+    /// so that the planner picks the `(tenant, state, id)` index for the rare
+    /// states instead of one plan for all of them.
+    pub(crate) async fn count(
+        &self,
+        tenant: &str,
+        filter: &ListFilter,
+        limit: i64,
+    ) -> Result<Vec<(State, i64)>> {
+        let client = self.pool.get().await?;
+        let labels = serde_json::Value::Object(filter.labels.clone());
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&tenant, &limit];
+        let conditions = conditions(filter, &labels, &mut params);
+        let sql = State::ALL
+            .iter()
+            .map(|state| {
+                let state = state.as_str();
+                format!(
+                    "SELECT '{state}', (SELECT count(*) FROM (SELECT 1 FROM jobs \
+                     WHERE tenant = $1 AND state = '{state}'{conditions} LIMIT $2) bounded)"
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        let rows = client
+            .query(&client.prepare_cached(&sql).await?, &params)
+            .await?;
+        let mut counts = rows
+            .iter()
+            .map(|row| Ok((State::parse(row.try_get(0)?)?, row.try_get(1)?)))
+            .collect::<Result<Vec<(State, i64)>>>()?;
+        counts.sort_by_key(|(state, _)| State::ALL.iter().position(|s| s == state));
+        Ok(counts)
     }
 
     /// Cancels a tenant's job: a queued job ends CANCELLED at once (its outbox row

@@ -26,7 +26,7 @@ use tonic::{Request, Status};
 pub mod scope {
     /// Submit jobs (`SubmitJob`, `POST /v1/jobs`).
     pub const SUBMIT: &str = "jobs:submit";
-    /// Read jobs and tasks (`GetJob`, `ListJobs`, `WatchJob`, `ReadJobLogs`,
+    /// Read jobs and tasks (`GetJob`, `ListJobs`, `CountJobs`, `WatchJob`, `ReadJobLogs`,
     /// `WatchJobs`, `ListTasks`).
     pub const READ: &str = "jobs:read";
     /// Cancel jobs (`CancelJob`).
