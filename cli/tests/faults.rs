@@ -10,7 +10,9 @@
 //! manual run). Scenarios run one at a time.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use jobmesh_proto::v1;
 
 use jobmesh_tests::faults::{Cluster, ClusterOptions, account, submit_workload};
 
@@ -158,6 +160,106 @@ async fn kill_9_worker() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_worker_drains() -> anyhow::Result<()> {
     scenario(Fault::TermWorker).await
+}
+
+/// SIGTERM to a worker process drains it through the protocol: it asks for
+/// nothing more, the job it runs finishes on its first attempt, a job submitted
+/// meanwhile is not sent to it (so it is not re-queued for a second attempt when
+/// the worker leaves), and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_worker_finishes_its_job_and_is_sent_nothing_more() -> anyhow::Result<()> {
+    let _one_at_a_time = SERIAL.lock().await;
+    let mut cluster = Cluster::start(ClusterOptions {
+        binary: PathBuf::from(env!("CARGO_BIN_EXE_jobmesh")),
+        workers: 1,
+        slots: 4,
+        lease_ms: LEASE_MS,
+        otlp_endpoint: None,
+    })
+    .await?;
+    let result = async {
+        let mut jobs = cluster.jobs();
+        let submit = |task: &str, args: serde_json::Value| v1::SubmitJobRequest {
+            task: task.to_owned(),
+            args: args.as_object().map(jobmesh_proto::json::json_to_struct),
+            ..Default::default()
+        };
+        let get = |id: String| v1::GetJobRequest { job_id: id };
+        let long = jobs
+            .submit_job(submit(
+                "demo.sleep",
+                serde_json::json!({"seconds": 3, "steps": 3}),
+            ))
+            .await?
+            .into_inner()
+            .job
+            .expect("job");
+        let until = Instant::now() + Duration::from_secs(20);
+        while jobs
+            .get_job(get(long.id.clone()))
+            .await?
+            .into_inner()
+            .job
+            .expect("job")
+            .state()
+            != v1::JobState::Running
+        {
+            anyhow::ensure!(Instant::now() < until, "the job never started");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        cluster.workers[0].signal("TERM").await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let later = jobs
+            .submit_job(submit("demo.echo", serde_json::json!({"n": 1})))
+            .await?
+            .into_inner()
+            .job
+            .expect("job");
+        let clean = cluster.workers[0].exited(Duration::from_secs(20)).await?;
+        anyhow::ensure!(clean, "the worker did not exit 0 after draining");
+        let long = jobs
+            .get_job(get(long.id))
+            .await?
+            .into_inner()
+            .job
+            .expect("job");
+        assert_eq!((long.state(), long.attempt), (v1::JobState::Succeeded, 1));
+        let waiting = jobs
+            .get_job(get(later.id.clone()))
+            .await?
+            .into_inner()
+            .job
+            .expect("job");
+        assert_eq!(
+            (waiting.state(), waiting.attempt),
+            (v1::JobState::Queued, 1),
+            "the job submitted during the drain was not sent to the draining worker"
+        );
+        cluster.workers[0].start()?;
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            let job = jobs
+                .get_job(get(later.id.clone()))
+                .await?
+                .into_inner()
+                .job
+                .expect("job");
+            if job.state() == v1::JobState::Succeeded {
+                assert_eq!(job.attempt, 1);
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < until,
+                "the job never ran after the restart"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    let logs = cluster.logs();
+    cluster.stop().await;
+    result.map_err(|e| anyhow::anyhow!("{e}\n{logs}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

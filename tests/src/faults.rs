@@ -162,10 +162,16 @@ impl Proc {
     /// `kill -TERM` and waits (at most `grace`) for the process to exit.
     pub async fn terminate(&mut self, grace: Duration) -> anyhow::Result<bool> {
         self.signal("TERM").await?;
+        self.exited(grace).await
+    }
+
+    /// Waits (at most `limit`) for the process to exit; whether it exited 0 in
+    /// time (if not, it is killed).
+    pub async fn exited(&mut self, limit: Duration) -> anyhow::Result<bool> {
         let Some(mut child) = self.child.take() else {
             return Ok(true);
         };
-        match tokio::time::timeout(grace, child.wait()).await {
+        match tokio::time::timeout(limit, child.wait()).await {
             Ok(status) => Ok(status?.success()),
             Err(_) => {
                 child.kill().await?;

@@ -177,6 +177,24 @@ async fn lease_and_assign(
         ack(&message, AckKind::Nak(Some(RETRY_DELAY))).await;
         return;
     };
+    let session = slot.session;
+    assign(ctx, message, &queued, context, slot).await;
+    // Sent or given up: a draining worker learns it gets nothing more once no
+    // assignment is on its way.
+    if let Some(tx) = ctx.registry.settle(session) {
+        let _ = tx.send(crate::session::drain_started()).await;
+    }
+}
+
+/// Leases the attempt a slot was reserved for and sends it to the worker.
+async fn assign(
+    ctx: &Context,
+    message: jetstream::Message,
+    queued: &jobmesh_proto::internal::JobAttempt,
+    context: opentelemetry::Context,
+    slot: crate::registry::Slot,
+) {
+    let key = (queued.job_id.clone(), queued.attempt);
     let lease = ctx
         .job_store()
         .lease_job(traced_in(
@@ -230,7 +248,7 @@ async fn lease_and_assign(
         ctx.registry.release(slot.session, &key);
         crate::session::fail_attempt(
             ctx,
-            &queued,
+            queued,
             "the worker disconnected before receiving the job",
         )
         .await;

@@ -57,6 +57,7 @@ impl DispatcherService for DispatcherGrpc {
                 version: w.about.version,
                 host: w.about.host,
                 labels: w.about.labels.into_iter().collect(),
+                draining: w.draining,
             })
             .collect();
         Ok(Response::new(ListWorkersResponse { workers }))

@@ -58,3 +58,11 @@ pub(crate) async fn sample(ctx: Arc<Context>, shutdown: CancellationToken) {
 pub(crate) fn log_lines_refused(reason: &'static str, lines: u64) {
     metrics::counter!("jobmesh_log_lines_dropped_total", "reason" => reason).increment(lines);
 }
+
+/// Counts worker reports that were dropped: invalid (`invalid`, answered with
+/// `refused`) or about an attempt the worker does not hold (`not_held`, answered
+/// with a cancellation), by report (`progress`, `succeeded`, …).
+pub(crate) fn report_refused(report: &'static str, reason: &'static str) {
+    metrics::counter!("jobmesh_worker_reports_refused_total", "report" => report, "reason" => reason)
+        .increment(1);
+}

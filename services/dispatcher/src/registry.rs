@@ -50,6 +50,7 @@ pub(crate) struct WorkerView {
     pub(crate) tasks: Vec<String>,
     pub(crate) slots: usize,
     pub(crate) held: Vec<String>,
+    pub(crate) draining: bool,
     pub(crate) connect_time: SystemTime,
     pub(crate) last_seen: SystemTime,
     pub(crate) about: About,
@@ -65,7 +66,25 @@ struct Worker {
     /// Attempts on this worker: `false` while the lease is being asked for,
     /// `true` once job-store recorded it.
     held: HashMap<Attempt, bool>,
+    /// Slots reserved whose assignment has not been sent (or given up) yet.
+    unsent: usize,
+    /// The worker asked for nothing more (`drain`).
+    draining: bool,
+    /// `drain_started` was handed out to be sent.
+    drain_told: bool,
     tx: mpsc::Sender<ConnectResponse>,
+}
+
+impl Worker {
+    /// The sender to tell a draining worker `drain_started` with, once no
+    /// assignment is on its way any more (only once).
+    fn drain_ready(&mut self) -> Option<mpsc::Sender<ConnectResponse>> {
+        if self.draining && self.unsent == 0 && !self.drain_told {
+            self.drain_told = true;
+            return Some(self.tx.clone());
+        }
+        None
+    }
 }
 
 #[derive(Default)]
@@ -129,6 +148,9 @@ impl Registry {
                 connect_time: SystemTime::now(),
                 last_seen: last_seen.clone(),
                 held: HashMap::new(),
+                unsent: 0,
+                draining: false,
+                drain_told: false,
                 tx,
             },
         );
@@ -154,6 +176,7 @@ impl Registry {
                         tasks: w.tasks.clone(),
                         slots: w.slots,
                         held,
+                        draining: w.draining,
                         connect_time: w.connect_time,
                         last_seen: w.last_seen.get(),
                         about: w.about.clone(),
@@ -193,7 +216,9 @@ impl Registry {
             if worker.tasks.iter().any(|t| t == task) {
                 capacity.workers += 1;
                 capacity.slots += worker.slots;
-                capacity.free += worker.slots.saturating_sub(worker.held.len());
+                if !worker.draining {
+                    capacity.free += worker.slots.saturating_sub(worker.held.len());
+                }
             }
         }
         capacity
@@ -212,20 +237,45 @@ impl Registry {
         tasks
     }
 
-    /// Takes a slot for an attempt on the least busy worker offering `task`.
+    /// Takes a slot for an attempt on the least busy worker offering `task` (not
+    /// a draining one). The caller sends the assignment, or gives up, then calls
+    /// [`Registry::settle`].
     pub(crate) fn reserve(&self, task: &str, attempt: &Attempt) -> Option<Slot> {
         let mut inner = self.lock();
         let (session, worker) = inner
             .workers
             .iter_mut()
-            .filter(|(_, w)| w.tasks.iter().any(|t| t == task) && w.held.len() < w.slots)
+            .filter(|(_, w)| {
+                !w.draining && w.tasks.iter().any(|t| t == task) && w.held.len() < w.slots
+            })
             .max_by_key(|(_, w)| w.slots - w.held.len())?;
         worker.held.insert(attempt.clone(), false);
+        worker.unsent += 1;
         Some(Slot {
             session: *session,
             worker_id: worker.worker_id.clone(),
             tx: worker.tx.clone(),
         })
+    }
+
+    /// Records that the assignment of a slot [`Registry::reserve`] took was sent,
+    /// or given up. Returns the sender to tell the worker `drain_started` with
+    /// when it drains and this was the last assignment on its way.
+    pub(crate) fn settle(&self, session: SessionId) -> Option<mpsc::Sender<ConnectResponse>> {
+        let mut inner = self.lock();
+        let worker = inner.workers.get_mut(&session)?;
+        worker.unsent = worker.unsent.saturating_sub(1);
+        worker.drain_ready()
+    }
+
+    /// Marks a session draining: nothing more is assigned to it. Returns the
+    /// sender to tell the worker `drain_started` with when no assignment is on
+    /// its way (otherwise the last [`Registry::settle`] returns it).
+    pub(crate) fn drain(&self, session: SessionId) -> Option<mpsc::Sender<ConnectResponse>> {
+        let mut inner = self.lock();
+        let worker = inner.workers.get_mut(&session)?;
+        worker.draining = true;
+        worker.drain_ready()
     }
 
     /// Frees the slot of an attempt (finished, failed, lost or never leased).

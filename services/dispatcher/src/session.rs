@@ -18,11 +18,10 @@ use jobmesh_proto::internal::{
 };
 use jobmesh_proto::v1::worker_service_server::WorkerService;
 use jobmesh_proto::v1::{
-    ConnectRequest, ConnectResponse, JobCancellation, JobLog, JobLogsStored, WorkerHello,
-    WorkerWelcome, connect_request, connect_response,
+    ConnectRequest, ConnectResponse, JobCancellation, JobLog, JobLogsStored, ReportRefused,
+    WorkerDrainStarted, WorkerHello, WorkerWelcome, connect_request, connect_response,
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use jobmesh_runtime::grpc::traced_in;
@@ -192,6 +191,7 @@ impl WorkerService for WorkerGrpc {
                 heartbeat_interval: prost_types::Duration::try_from(heartbeat_interval(&self.ctx))
                     .ok(),
                 log_window: LOG_WINDOW,
+                silence_limit: prost_types::Duration::try_from(self.ctx.config.lease()).ok(),
             })),
         };
         tx.send(welcome)
@@ -213,19 +213,77 @@ impl WorkerService for WorkerGrpc {
         self.ctx.ensure_consumers(&hello.tasks);
         tracing::info!(worker_id, tasks = ?hello.tasks, slots, "worker connected");
         let ctx = Arc::clone(&self.ctx);
+        let (end_tx, end_rx) = oneshot::channel();
         self.ctx.tracker.spawn(async move {
             let peer = Peer {
                 session,
                 last_seen,
                 token,
             };
-            serve_session(&ctx, peer, &worker_id, inbound, tx, slots).await;
+            let end = serve_session(&ctx, peer, &worker_id, inbound, tx, slots).await;
+            let _ = end_tx.send(end);
         });
-        Ok(Response::new(Box::pin(futures::StreamExt::map(
-            ReceiverStream::new(rx),
-            Ok,
-        ))))
+        Ok(Response::new(outgoing(rx, end_rx)))
     }
+}
+
+/// The stream a worker reads: every message sent to it, then, when its session
+/// ends, the status that says why (none: OK). Messages already queued when the
+/// session ends go first.
+fn outgoing(
+    rx: mpsc::Receiver<ConnectResponse>,
+    end: oneshot::Receiver<Option<Status>>,
+) -> ConnectStream {
+    struct State {
+        rx: mpsc::Receiver<ConnectResponse>,
+        end: Option<oneshot::Receiver<Option<Status>>>,
+        last: Option<Status>,
+        ending: bool,
+    }
+    let state = State {
+        rx,
+        end: Some(end),
+        last: None,
+        ending: false,
+    };
+    Box::pin(futures::stream::unfold(state, |mut state| async move {
+        loop {
+            if state.ending {
+                // What was queued before the end, then the end's status.
+                return match state.rx.try_recv() {
+                    Ok(message) => Some((Ok(message), state)),
+                    Err(_) => state.last.take().map(|status| (Err(status), state)),
+                };
+            }
+            let Some(mut end) = state.end.take() else {
+                return state.rx.recv().await.map(|message| (Ok(message), state));
+            };
+            enum Next {
+                Message(Option<ConnectResponse>),
+                Ended(Option<Status>),
+            }
+            let next = tokio::select! {
+                biased;
+                message = state.rx.recv() => Next::Message(message),
+                ended = &mut end => Next::Ended(ended.ok().flatten()),
+            };
+            match next {
+                Next::Message(Some(message)) => {
+                    state.end = Some(end);
+                    return Some((Ok(message), state));
+                }
+                // Every sender is gone: the end's status is on its way.
+                Next::Message(None) => {
+                    state.last = end.await.ok().flatten();
+                    state.ending = true;
+                }
+                Next::Ended(status) => {
+                    state.last = status;
+                    state.ending = true;
+                }
+            }
+        }
+    }))
 }
 
 /// The job a report is about, if it is about one.
@@ -237,7 +295,7 @@ fn job_of(message: &connect_request::Message) -> Option<&str> {
         M::Failed(f) => Some(&f.job_id),
         M::Cancelled(c) => Some(&c.job_id),
         M::Log(l) => Some(&l.job_id),
-        M::Hello(_) | M::Heartbeat(_) => None,
+        M::Hello(_) | M::Heartbeat(_) | M::Drain(_) => None,
     }
 }
 
@@ -264,7 +322,7 @@ async fn serve_session(
     mut inbound: Streaming<ConnectRequest>,
     tx: mpsc::Sender<ConnectResponse>,
     slots: usize,
-) {
+) -> Option<Status> {
     // Reports of one job are forwarded in order (same lane); reports of different
     // jobs go through up to LANES lanes at once, so one slow write does not hold
     // back every other job of the worker.
@@ -336,11 +394,17 @@ async fn serve_session(
     // even if its connection looks open (a stopped or frozen process): end the
     // session so its attempts are re-queued instead of renewed.
     let silence = ctx.config.lease();
-    let reason = loop {
+    let end = loop {
         let message = tokio::select! {
-            _ = ctx.shutdown.cancelled() => break "the dispatcher is shutting down".to_owned(),
+            _ = ctx.shutdown.cancelled() => break Some(Status::unavailable(
+                "the dispatcher is shutting down; connect again (to any dispatcher)",
+            )),
             _ = tokio::time::sleep(silence) => {
-                break format!("the worker sent nothing for {}ms (lease)", silence.as_millis());
+                break Some(Status::deadline_exceeded(format!(
+                    "the worker sent nothing for {} ms (the silence limit); send a heartbeat at least every {} ms, busy or idle",
+                    silence.as_millis(),
+                    heartbeat_interval(ctx).as_millis()
+                )));
             }
             message = inbound.message() => message,
         };
@@ -375,10 +439,10 @@ async fn serve_session(
                     // the worker does not read its own stream (acknowledgements
                     // wait for it): past a lease, the session ends like a silent one.
                     let Ok(Ok(permit)) = permit else {
-                        break format!(
-                            "the worker's reports could not be handled for {}ms (job-store unavailable, or the worker does not read its stream)",
+                        break Some(Status::unavailable(format!(
+                            "the worker's reports could not be handled for {} ms (job-store unavailable, or the worker does not read its stream)",
                             silence.as_millis()
-                        );
+                        )));
                     };
                     let item = LaneItem {
                         message,
@@ -386,16 +450,33 @@ async fn serve_session(
                         permit,
                     };
                     if lanes[lane].send(item).is_err() {
-                        break "a report lane stopped".to_owned();
+                        break Some(Status::internal("a report lane stopped; connect again"));
                     }
                 }
-                None => handle(ctx, session, &tx, message).await,
+                None => match message {
+                    connect_request::Message::Drain(_) => {
+                        tracing::info!(worker_id, "worker draining: assigning it nothing more");
+                        if let Some(tx) = ctx.registry.drain(session) {
+                            let _ = tx.send(drain_started()).await;
+                        }
+                    }
+                    other => handle(ctx, session, &tx, other).await,
+                },
             },
             Ok(Some(ConnectRequest { message: None })) => {}
-            Ok(None) => break "the worker closed its stream".to_owned(),
-            Err(status) => break format!("the worker's stream broke: {}", status.message()),
+            Ok(None) => break None,
+            Err(status) => {
+                break Some(Status::new(
+                    status.code(),
+                    format!("the worker's stream broke: {}", status.message()),
+                ));
+            }
         }
     };
+    let reason = end
+        .as_ref()
+        .map_or("the worker closed its stream", |status| status.message())
+        .to_owned();
     // Let the reports already received reach job-store before releasing the rest.
     drop(lanes);
     lane_tasks.wait().await;
@@ -409,6 +490,78 @@ async fn serve_session(
             &format!("worker {worker_id} disconnected: {reason}"),
         )
         .await;
+    }
+    end
+}
+
+/// The answer to a worker's drain.
+pub(crate) fn drain_started() -> ConnectResponse {
+    ConnectResponse {
+        message: Some(connect_response::Message::DrainStarted(
+            WorkerDrainStarted {},
+        )),
+    }
+}
+
+/// Tells a worker one of its reports was dropped, and counts it.
+fn refuse(
+    tx: &mpsc::Sender<ConnectResponse>,
+    report: &'static str,
+    job_id: &str,
+    attempt: i32,
+    reason: String,
+) {
+    tracing::warn!(job_id, attempt, report, reason, "worker report refused");
+    crate::metrics::report_refused(report, "invalid");
+    let _ = tx.try_send(ConnectResponse {
+        message: Some(connect_response::Message::Refused(ReportRefused {
+            job_id: job_id.to_owned(),
+            attempt,
+            report: report.to_owned(),
+            reason,
+        })),
+    });
+}
+
+/// What is wrong with a report before it goes anywhere, if anything.
+fn invalid(message: &connect_request::Message) -> Option<String> {
+    use connect_request::Message as M;
+    match message {
+        M::Progress(p) if !(0..=100).contains(&p.percent) => Some(format!(
+            "progress.percent: {} is not between 0 and 100",
+            p.percent
+        )),
+        M::Progress(p) if p.message.len() > MAX_TEXT => Some(format!(
+            "progress.message: {} bytes exceed the limit of {MAX_TEXT}",
+            p.message.len()
+        )),
+        _ => None,
+    }
+}
+
+fn report_name(message: &connect_request::Message) -> &'static str {
+    use connect_request::Message as M;
+    match message {
+        M::Hello(_) => "hello",
+        M::Progress(_) => "progress",
+        M::Log(_) => "log",
+        M::Succeeded(_) => "succeeded",
+        M::Failed(_) => "failed",
+        M::Cancelled(_) => "cancelled",
+        M::Heartbeat(_) => "heartbeat",
+        M::Drain(_) => "drain",
+    }
+}
+
+fn attempt_of(message: &connect_request::Message) -> i32 {
+    use connect_request::Message as M;
+    match message {
+        M::Progress(p) => p.attempt,
+        M::Succeeded(s) => s.attempt,
+        M::Failed(f) => f.attempt,
+        M::Cancelled(c) => c.attempt,
+        M::Log(l) => l.attempt,
+        M::Hello(_) | M::Heartbeat(_) | M::Drain(_) => 0,
     }
 }
 
@@ -438,12 +591,43 @@ async fn handle(
     message: connect_request::Message,
 ) {
     use connect_request::Message as M;
-    let (job_id, attempt, outcome) = match message {
-        M::Hello(_) => {
-            tracing::warn!("ignoring a second hello on a worker stream");
+    let report = report_name(&message);
+    if let M::Hello(_) = message {
+        refuse(
+            tx,
+            report,
+            "",
+            0,
+            "hello: a session has one hello, its first message; this one was ignored".to_owned(),
+        );
+        return;
+    }
+    if let Some(job_id) = job_of(&message) {
+        let attempt = attempt_of(&message);
+        if let Some(reason) = invalid(&message) {
+            refuse(tx, report, job_id, attempt, reason);
             return;
         }
-        M::Heartbeat(_) | M::Log(_) => return,
+        // A worker speaks only for the attempts it holds; anything else is not
+        // forwarded (job-store fences by attempt, not by worker), and the worker
+        // is told to stop running it.
+        if !matches!(message, M::Log(_)) && !ctx.registry.holds(session, &key(job_id, attempt)) {
+            crate::metrics::report_refused(report, "not_held");
+            tracing::warn!(
+                job_id,
+                attempt,
+                report,
+                "report about an attempt this worker does not hold"
+            );
+            let reason = format!(
+                "this worker does not hold attempt {attempt} of job {job_id} (never assigned to it, no longer its job's attempt, or its outcome was already reported); its {report} report was dropped"
+            );
+            let _ = tx.try_send(cancellation(job_id, attempt, &reason));
+            return;
+        }
+    }
+    let (job_id, attempt, outcome) = match message {
+        M::Hello(_) | M::Heartbeat(_) | M::Log(_) | M::Drain(_) => return,
         M::Progress(p) => {
             let request = ReportProgressRequest {
                 attempt: Some(JobAttempt {
@@ -451,7 +635,7 @@ async fn handle(
                     attempt: p.attempt,
                 }),
                 percent: p.percent,
-                message: truncate(p.message),
+                message: p.message,
             };
             let traced = traced_in(&ctx.trace_of(&p.job_id, p.attempt), request);
             let result = ctx.job_store().report_progress(traced).await.map(|_| ());
@@ -501,6 +685,12 @@ async fn handle(
     match outcome {
         Report::Progress(Ok(())) => {}
         Report::Outcome(Ok(())) => ctx.registry.release(session, &attempt_key),
+        Report::Progress(Err(status)) | Report::Outcome(Err(status))
+            if status.code() == Code::InvalidArgument =>
+        {
+            // The report itself is wrong: say so, and change nothing else.
+            refuse(tx, report, &job_id, attempt, status.message().to_owned());
+        }
         Report::Progress(Err(status)) | Report::Outcome(Err(status)) if is_rejection(&status) => {
             // The attempt is not the job's live attempt any more: stop it.
             tracing::warn!(
@@ -785,11 +975,10 @@ fn clean_line(mut line: String, token: Option<&str>) -> (String, bool) {
     }
 }
 
+/// job-store's answer that the attempt is not (or no longer) the job's running
+/// attempt.
 fn is_rejection(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        Code::FailedPrecondition | Code::NotFound | Code::InvalidArgument
-    )
+    matches!(status.code(), Code::FailedPrecondition | Code::NotFound)
 }
 
 enum Report {

@@ -193,6 +193,10 @@ fn describe() {
         "jobmesh_postgres_pool_waiting",
         "requests waiting for a PostgreSQL connection"
     );
+    describe_counter!(
+        "jobmesh_worker_reports_refused_total",
+        "worker reports the dispatcher dropped: invalid (answered with refused) or about an attempt the worker does not hold (answered with a cancellation)"
+    );
     describe_gauge!(
         "jobmesh_workers_connected",
         "workers connected to this dispatcher that offer a task, by task"

@@ -60,12 +60,24 @@ pub struct JobContext {
     pub(crate) lines: Arc<AtomicU64>,
 }
 
+/// Longest progress message the protocol carries, in bytes.
+const MAX_PROGRESS_MESSAGE: usize = 4096;
+
 impl JobContext {
     /// Reports progress (0–100 and a message). Waits when the worker's outbound
     /// queue is full, which slows a handler that reports faster than the mesh
     /// can carry.
+    /// The percent is kept between 0 and 100 and the message cut to 4096 bytes
+    /// (the protocol's limits: the dispatcher refuses reports past them).
     pub async fn progress(&self, percent: i32, message: impl Into<String>) {
-        let message = message.into();
+        let mut message = message.into();
+        if message.len() > MAX_PROGRESS_MESSAGE {
+            let mut end = MAX_PROGRESS_MESSAGE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
         let percent = percent.clamp(0, 100);
         {
             use tracing_opentelemetry::OpenTelemetrySpanExt as _;

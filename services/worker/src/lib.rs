@@ -17,8 +17,8 @@ use tracing::Instrument as _;
 use jobmesh_proto::json::{json_to_struct, struct_to_json};
 use jobmesh_proto::v1::worker_service_client::WorkerServiceClient;
 use jobmesh_proto::v1::{
-    ConnectRequest, JobAssignment, JobCancelled, JobFailed, JobSucceeded, WorkerHeartbeat,
-    WorkerHello, connect_request, connect_response,
+    ConnectRequest, JobAssignment, JobCancelled, JobFailed, JobSucceeded, WorkerDrain,
+    WorkerHeartbeat, WorkerHello, connect_request, connect_response,
 };
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc};
@@ -38,6 +38,9 @@ const OUTBOUND_BUFFER: usize = 1024;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a cancelled handler may take to return before it is aborted.
 const CANCEL_GRACE: Duration = Duration::from_secs(5);
+/// How long a worker that closed its side waits for the dispatcher to end the
+/// session (so the reports it sent last are read before the call goes).
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Why a worker cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -205,9 +208,44 @@ async fn session(
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, i32)>();
     let mut ticker = tokio::time::interval(heartbeat);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // On shutdown the worker drains: it asks for nothing more, finishes what it
+    // holds within the grace period (then cancels the rest), and closes once the
+    // dispatcher said no assignment follows (`drain_started`) and nothing runs.
+    let mut draining = false;
+    let mut drain_started = false;
+    let mut grace_over = false;
+    let grace = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(grace);
     let outcome = loop {
+        if draining && tokens.is_empty() && (drain_started || grace_over) {
+            break Ok(());
+        }
         tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
+            _ = shutdown.cancelled(), if !draining => {
+                draining = true;
+                tracing::info!(
+                    running = tokens.len(),
+                    grace_ms = config.shutdown_grace().as_millis() as u64,
+                    "draining"
+                );
+                if let Some(health) = health {
+                    health.set_service_status("", ServingStatus::NotServing).await;
+                }
+                let drain = ConnectRequest { message: Some(connect_request::Message::Drain(WorkerDrain {})) };
+                if out.send(drain).await.is_err() {
+                    break Err(fail(true, "outbound queue closed".to_owned()));
+                }
+                grace.as_mut().reset(tokio::time::Instant::now() + config.shutdown_grace());
+            }
+            _ = &mut grace, if draining && !grace_over => {
+                grace_over = true;
+                if !tokens.is_empty() {
+                    tracing::warn!(running = tokens.len(), "grace period over: cancelling what still runs");
+                }
+                for token in tokens.values() {
+                    token.cancel();
+                }
+            }
             Some(key) = done_rx.recv() => {
                 tokens.remove(&key);
                 if let Some(credit) = credits.remove(&key) {
@@ -275,6 +313,23 @@ async fn session(
                             credit.add_permits(usize::try_from(stored.lines).unwrap_or(0));
                         }
                     }
+                    Some(connect_response::Message::Refused(refused)) => {
+                        // A report of ours was wrong; the attempt goes on. An
+                        // outcome refused would leave it running: fail it, saying why.
+                        tracing::warn!(job_id = %refused.job_id, attempt = refused.attempt, report = %refused.report, reason = %refused.reason, "the dispatcher refused a report");
+                        if refused.report == "succeeded" {
+                            let failed = ConnectRequest {
+                                message: Some(connect_request::Message::Failed(JobFailed {
+                                    job_id: refused.job_id,
+                                    attempt: refused.attempt,
+                                    message: format!("the result was refused: {}", refused.reason),
+                                    retryable: false,
+                                })),
+                            };
+                            let _ = out.send(failed).await;
+                        }
+                    }
+                    Some(connect_response::Message::DrainStarted(_)) => drain_started = true,
                     Some(connect_response::Message::Welcome(_)) | None => {}
                 },
                 Ok(None) => break Err(fail(true, "the dispatcher closed the stream".to_owned())),
@@ -294,23 +349,15 @@ async fn session(
     }
     match outcome {
         Ok(()) => {
-            // Graceful: finish what we hold within the grace period, reporting
-            // outcomes on the still-open stream; stop the rest.
-            tracing::info!(
-                running = tokens.len(),
-                grace_ms = config.shutdown_grace().as_millis() as u64,
-                "draining"
-            );
-            if tokio::time::timeout(config.shutdown_grace(), running.wait())
-                .await
-                .is_err()
-            {
-                for token in tokens.values() {
-                    token.cancel();
-                }
-                running.wait().await;
-            }
+            // Drained: every outcome is queued. Close our side and read until the
+            // dispatcher ends the session, so it reads them all first.
+            running.wait().await;
             drop(out);
+            let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                while let Ok(Some(_)) = inbound.message().await {}
+            })
+            .await;
+            tracing::info!(worker_id, "drained: every job this worker held has ended");
             Ok(())
         }
         Err(failure) => {
