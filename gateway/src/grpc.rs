@@ -52,9 +52,12 @@ impl Gateway {
 /// reached says which one.
 fn upstream(service: &'static str) -> impl Fn(Status) -> Status {
     move |status| match status.code() {
-        tonic::Code::Unavailable => {
-            Status::unavailable(format!("{service} unavailable: {}", status.message()))
-        }
+        tonic::Code::Unavailable => jobmesh_runtime::errors::error(
+            tonic::Code::Unavailable,
+            format!("{service} unavailable: {}", status.message()),
+            "DEPENDENCY_UNAVAILABLE",
+            &[("service", service.to_owned())],
+        ),
         _ => status,
     }
 }

@@ -218,6 +218,8 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(jobmesh_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // So that grpcurl and other clients can show the google.rpc error details.
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .with_service_name(jobmesh_proto::service_names::JOB_SERVICE)
         .with_service_name(jobmesh_proto::service_names::TASK_SERVICE)
         .with_service_name("grpc.health.v1.Health")

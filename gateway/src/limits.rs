@@ -75,17 +75,17 @@ impl RateLimiter {
     /// `RESOURCE_EXHAUSTED` with a retry hint when `tenant` is over its rate.
     pub(crate) fn check(&self, tenant: &str) -> Result<(), Status> {
         self.take(tenant).map_err(|wait| {
-            let mut status = Status::resource_exhausted(format!(
-                "tenant {tenant:?} is over its submit rate ({} per second, burst {}); retry in {} ms",
-                self.rate,
-                self.burst,
-                wait.as_millis().max(1)
-            ));
-            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            if let Ok(value) = seconds.max(1).to_string().parse() {
-                status.metadata_mut().insert(RETRY_AFTER, value);
-            }
-            status
+            jobmesh_runtime::errors::exhausted(
+                format!(
+                    "tenant {tenant:?} is over its submit rate ({} per second, burst {}); retry in {} ms",
+                    self.rate,
+                    self.burst,
+                    wait.as_millis().max(1)
+                ),
+                "SUBMIT_RATE_EXCEEDED",
+                &[("tenant", tenant.to_owned())],
+                wait,
+            )
         })
     }
 }
@@ -155,20 +155,31 @@ impl Shares {
     pub(crate) fn take(self: &Arc<Self>, tenant: &str) -> Result<Share, Status> {
         let mut held = self.lock();
         if held.total >= self.total {
-            return Err(refused(format!(
-                "the gateway is overloaded ({} {}, its limit {}); retry with backoff",
-                self.total, self.what, self.flags.0
-            )));
+            return Err(refused(
+                format!(
+                    "the gateway is overloaded ({} {}, its limit {}); retry with backoff",
+                    self.total, self.what, self.flags.0
+                ),
+                "GATEWAY_OVERLOADED",
+                &[("limit", self.flags.0.to_owned())],
+            ));
         }
         let mine = held.tenants.get(tenant).copied().unwrap_or(0);
         if mine >= self.per_tenant {
-            return Err(refused(format!(
-                "tenant {} has {} {}, its share of the gateway ({}); close some or retry with backoff",
-                quoted(tenant),
-                self.per_tenant,
-                self.what,
-                self.flags.1
-            )));
+            return Err(refused(
+                format!(
+                    "tenant {} has {} {}, its share of the gateway ({}); close some or retry with backoff",
+                    quoted(tenant),
+                    self.per_tenant,
+                    self.what,
+                    self.flags.1
+                ),
+                "TENANT_SHARE_EXHAUSTED",
+                &[
+                    ("tenant", tenant.to_owned()),
+                    ("limit", self.flags.1.to_owned()),
+                ],
+            ));
         }
         held.total += 1;
         *held.tenants.entry(tenant.to_owned()).or_insert(0) += 1;
@@ -187,13 +198,13 @@ impl Shares {
 }
 
 /// `RESOURCE_EXHAUSTED` with a one-second retry hint.
-fn refused(message: String) -> Status {
-    let mut status = Status::resource_exhausted(message);
-    status.metadata_mut().insert(
-        RETRY_AFTER,
-        tonic::metadata::MetadataValue::from_static("1"),
-    );
-    status
+fn refused(message: String, reason: &str, metadata: &[(&str, String)]) -> Status {
+    jobmesh_runtime::errors::exhausted(
+        message,
+        reason,
+        metadata,
+        jobmesh_runtime::errors::DEFAULT_RETRY_DELAY,
+    )
 }
 
 /// The key a caller's places are counted under: its tenant (callers whose token

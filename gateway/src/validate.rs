@@ -29,6 +29,9 @@ pub(crate) const MAX_ATTEMPTS: i32 = 100;
 pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Farthest schedule time.
 pub(crate) const MAX_SCHEDULE_AHEAD: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The earliest start time accepted, 2000-01-01T00:00:00Z, in seconds since
+/// the Unix epoch.
+const EARLIEST_SCHEDULE_SECONDS: u64 = 946_684_800;
 /// Page size: default and cap.
 pub(crate) const DEFAULT_PAGE_SIZE: i32 = 50;
 pub(crate) const MAX_PAGE_SIZE: i32 = 1000;
@@ -38,7 +41,7 @@ pub(crate) const COUNT_LIMIT: i64 = 10_000;
 const NANOS_PER_SECOND: i32 = 1_000_000_000;
 
 fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("{field}: {reason}"))
+    jobmesh_runtime::errors::invalid_field(field, reason)
 }
 
 pub(crate) fn job_id(value: &str) -> Result<String, Status> {
@@ -186,11 +189,8 @@ pub(crate) fn submit(
             format!("{size} bytes exceed the limit of {MAX_ARGS_BYTES}"),
         ));
     }
-    if let Some(path) = nul_in_struct(&args, "args") {
-        return Err(invalid(
-            "args",
-            format!("{path} contains a NUL character, which JSON text in PostgreSQL cannot hold"),
-        ));
+    if let Some(problem) = unstorable_in_struct(&args, "args") {
+        return Err(invalid("args", problem));
     }
     let depth = struct_depth(&args);
     if depth > MAX_ARGS_DEPTH {
@@ -249,11 +249,12 @@ pub(crate) fn submit(
         if when > SystemTime::now() + MAX_SCHEDULE_AHEAD {
             return Err(invalid("schedule_time", "more than 365 days ahead"));
         }
-        // A time in the past means "now"; one before 1970 is a mistake.
-        if when < SystemTime::UNIX_EPOCH {
+        // A time in the past means "now"; one before 2000 is a client's
+        // mistake (an unset timestamp some languages send as the epoch).
+        if when < SystemTime::UNIX_EPOCH + Duration::from_secs(EARLIEST_SCHEDULE_SECONDS) {
             return Err(invalid(
                 "schedule_time",
-                "is before 1970-01-01; leave it unset to run as soon as possible",
+                "is before 2000-01-01, probably an unset timestamp sent as a value; leave it unset to run as soon as possible",
             ));
         }
     }
@@ -273,26 +274,34 @@ pub(crate) fn submit(
 
 /// The path of the first string (key or value) in `value` holding a NUL
 /// character, e.g. `args.a[2]`.
-fn nul_in_struct(value: &prost_types::Struct, path: &str) -> Option<String> {
+/// The first value in `value` that cannot be stored as it was sent, said with
+/// its path: a NUL character (PostgreSQL's JSON text cannot hold one) or a
+/// number that is not finite (NaN, ±Infinity: JSON has no text for them, and
+/// changing them to null would change the job's args).
+fn unstorable_in_struct(value: &prost_types::Struct, path: &str) -> Option<String> {
     value.fields.iter().find_map(|(key, v)| {
-        let here = format!("{path}.{key}");
         if key.contains('\0') {
-            return Some(format!("{path} (a key)"));
+            return Some(format!("{path} (a key) {NUL}"));
         }
-        nul_in_value(v, &here)
+        unstorable_in_value(v, &format!("{path}.{key}"))
     })
 }
 
-fn nul_in_value(value: &prost_types::Value, path: &str) -> Option<String> {
+const NUL: &str = "contains a NUL character, which JSON text in PostgreSQL cannot hold";
+
+fn unstorable_in_value(value: &prost_types::Value, path: &str) -> Option<String> {
     use prost_types::value::Kind;
     match value.kind.as_ref()? {
-        Kind::StringValue(s) if s.contains('\0') => Some(path.to_owned()),
-        Kind::StructValue(s) => nul_in_struct(s, path),
+        Kind::StringValue(s) if s.contains('\0') => Some(format!("{path} {NUL}")),
+        Kind::NumberValue(n) if !n.is_finite() => Some(format!(
+            "{path} is {n}, which JSON cannot represent; send a finite number (or a string)"
+        )),
+        Kind::StructValue(s) => unstorable_in_struct(s, path),
         Kind::ListValue(list) => list
             .values
             .iter()
             .enumerate()
-            .find_map(|(i, v)| nul_in_value(v, &format!("{path}[{i}]"))),
+            .find_map(|(i, v)| unstorable_in_value(v, &format!("{path}[{i}]"))),
         _ => None,
     }
 }
@@ -448,8 +457,49 @@ mod tests {
         });
         assert_eq!(
             submit("t", r).expect_err("year 5").message(),
-            "schedule_time: is before 1970-01-01; leave it unset to run as soon as possible"
+            "schedule_time: is before 2000-01-01, probably an unset timestamp sent as a value; leave it unset to run as soon as possible"
         );
+        let mut r = request("demo.echo");
+        r.schedule_time = Some(prost_types::Timestamp {
+            seconds: 0,
+            nanos: 0,
+        });
+        assert!(submit("t", r).is_err(), "the epoch is refused");
+        for n in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let mut r = request("demo.echo");
+            let inner = prost_types::Struct {
+                fields: [(
+                    "x".to_owned(),
+                    prost_types::Value {
+                        kind: Some(prost_types::value::Kind::NumberValue(n)),
+                    },
+                )]
+                .into(),
+            };
+            r.args = Some(prost_types::Struct {
+                fields: [(
+                    "a".to_owned(),
+                    prost_types::Value {
+                        kind: Some(prost_types::value::Kind::ListValue(
+                            prost_types::ListValue {
+                                values: vec![prost_types::Value {
+                                    kind: Some(prost_types::value::Kind::StructValue(inner)),
+                                }],
+                            },
+                        )),
+                    },
+                )]
+                .into(),
+            });
+            let refused = submit("t", r).expect_err("not finite");
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+            assert_eq!(
+                refused.message(),
+                format!(
+                    "args: args.a[0].x is {n}, which JSON cannot represent; send a finite number (or a string)"
+                )
+            );
+        }
     }
 
     #[test]

@@ -16,13 +16,25 @@ export function signOut() {
   sessionStorage.removeItem(TOKEN_KEY);
 }
 
-/** A refusal of the API: the HTTP status and the gRPC code and message of its
- *  body ({"code", "message", "details"}). */
+/** A refusal of the API: the HTTP status and the gRPC code, message and
+ *  details of its body ({"code", "message", "details"}). */
 export class ApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, details = []) {
     super(message);
     this.status = status;
     this.code = code;
+    this.details = Array.isArray(details) ? details : [];
+  }
+
+  /** The field a BadRequest detail names, if any (`task`, `max_attempts`). */
+  get field() {
+    const bad = this.details.find((d) => d?.["@type"]?.endsWith("google.rpc.BadRequest"));
+    return bad?.fieldViolations?.[0]?.field ?? null;
+  }
+
+  /** The ErrorInfo reason (`JOB_NOT_FOUND`, `TOKEN_EXPIRED`), if any. */
+  get reason() {
+    return this.details.find((d) => d?.["@type"]?.endsWith("google.rpc.ErrorInfo"))?.reason ?? null;
   }
 }
 
@@ -45,6 +57,7 @@ async function refusal(response) {
     response.status,
     error?.code ?? 0,
     error?.message ?? `${response.status} ${response.statusText}`,
+    error?.details,
   );
 }
 
@@ -79,7 +92,7 @@ export async function stream(path, onResult, signal) {
       if (!line) continue;
       const message = JSON.parse(line);
       if (message.error) {
-        throw new ApiError(200, message.error.code, message.error.message);
+        throw new ApiError(200, message.error.code, message.error.message, message.error.details);
       }
       onResult(message.result);
     }

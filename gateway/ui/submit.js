@@ -82,8 +82,8 @@ async function send(fields, errors, general) {
     const { job } = await api.call("POST", "/v1/jobs", request);
     go(`/ui/jobs/${encodeURIComponent(job.id)}`);
   } catch (error) {
-    // Validation messages start with the field: "task: …", "args: …".
-    const field = FIELDS.find((name) => error.message?.startsWith(`${name}:`) || error.message?.startsWith(`${name}.`));
+    // The API names the field in its BadRequest detail ("task", "args").
+    const field = FIELDS.find((name) => error.field === name);
     if (field) {
       errors[field].textContent = error.message;
       fields[field].focus();

@@ -473,7 +473,10 @@ async fn an_overloaded_gateway_refuses_at_once_and_loses_nothing() -> anyhow::Re
                 assert_eq!(reply.header("retry-after"), Some("1"));
                 assert_eq!(
                     reply.json()?,
-                    serde_json::json!({"code": 8, "message": "the gateway is overloaded (2 calls in flight, its limit --max-inflight); retry with backoff", "details": []})
+                    serde_json::json!({"code": 8, "message": "the gateway is overloaded (2 calls in flight, its limit --max-inflight); retry with backoff", "details": [
+                        {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "GATEWAY_OVERLOADED", "domain": "jobmesh.dev", "metadata": {"limit": "--max-inflight"}},
+                        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"}
+                    ]})
                 );
             }
             other => panic!("REST submit answered {other}: {:?}", reply.json()),
@@ -597,7 +600,10 @@ async fn rest_bodies_being_read_count_against_the_cap() -> anyhow::Result<()> {
     assert_eq!(reply.header("retry-after"), Some("1"));
     assert_eq!(
         reply.json()?,
-        serde_json::json!({"code": 8, "message": "the gateway is overloaded (1 calls in flight, its limit --max-inflight); retry with backoff", "details": []})
+        serde_json::json!({"code": 8, "message": "the gateway is overloaded (1 calls in flight, its limit --max-inflight); retry with backoff", "details": [
+            {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "GATEWAY_OVERLOADED", "domain": "jobmesh.dev", "metadata": {"limit": "--max-inflight"}},
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"}
+        ]})
     );
     assert_eq!(job_count(&mesh, TENANT).await?, 0, "nothing was created");
 

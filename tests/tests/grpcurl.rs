@@ -140,6 +140,12 @@ async fn grpcurl_lists_describes_checks_health_and_submits() -> anyhow::Result<(
         err.contains("task: \"not a task\" is not a task name"),
         "{err}"
     );
+    // With the details a program reads (grpcurl resolves their types through
+    // reflection).
+    assert!(
+        err.contains("google.rpc.BadRequest") && err.contains("INVALID_FIELD"),
+        "{err}"
+    );
 
     // Without a token the call is refused, and says what is missing.
     let (ok, _out, err) = call_as(

@@ -165,7 +165,7 @@ async fn bad_requests_get_exact_statuses_and_bodies_and_create_nothing() -> anyh
             vec![],
             r#"{"task":"#,
             400,
-            json!({"code": 3, "message": "invalid JSON body: EOF while parsing a value at line 1 column 8", "details": []}),
+            json!({"code": 3, "message": "invalid JSON body: EOF while parsing a value at line 1 column 8", "reason": "INVALID_ARGUMENT"}),
         ),
         (
             "POST",
@@ -173,7 +173,7 @@ async fn bad_requests_get_exact_statuses_and_bodies_and_create_nothing() -> anyh
             vec![],
             r#"{"task":5}"#,
             400,
-            json!({"code": 3, "message": "invalid JSON body: invalid type: integer `5`, expected a string at line 1 column 9", "details": []}),
+            json!({"code": 3, "message": "invalid JSON body: invalid type: integer `5`, expected a string at line 1 column 9", "reason": "INVALID_ARGUMENT"}),
         ),
         (
             "POST",
@@ -181,15 +181,15 @@ async fn bad_requests_get_exact_statuses_and_bodies_and_create_nothing() -> anyh
             vec![],
             r#"{"task":"demo.echo","tsak":1}"#,
             400,
-            json!({"code": 3, "message": "invalid JSON body: unrecognized field name 'tsak' at line 1 column 26", "details": []}),
+            json!({"code": 3, "message": "invalid JSON body: unrecognized field name 'tsak' at line 1 column 26", "reason": "INVALID_ARGUMENT"}),
         ),
         (
             "POST",
             "/v1/jobs",
             vec![("Content-Type", "text/plain")],
-            r#"{"task":"demo.echo"}"#,
+            "task=demo.echo",
             415,
-            json!({"code": 3, "message": "the body must be JSON: send Content-Type: application/json (got \"text/plain\")", "details": []}),
+            json!({"code": 3, "message": "the body must be JSON: send Content-Type: application/json (got \"text/plain\")", "reason": "INVALID_ARGUMENT"}),
         ),
         (
             "POST",
@@ -197,7 +197,7 @@ async fn bad_requests_get_exact_statuses_and_bodies_and_create_nothing() -> anyh
             vec![],
             &huge,
             413,
-            json!({"code": 8, "message": "the request body is larger than 1048576 bytes", "details": []}),
+            json!({"code": 8, "message": "the request body is larger than 1048576 bytes", "reason": "REQUEST_TOO_LARGE"}),
         ),
         (
             "POST",
@@ -205,7 +205,7 @@ async fn bad_requests_get_exact_statuses_and_bodies_and_create_nothing() -> anyh
             vec![],
             r#"{"task":"not a task"}"#,
             400,
-            json!({"code": 3, "message": "task: \"not a task\" is not a task name: use dot-separated segments of letters, digits, '_' or '-', each starting with a letter, at most 128 characters", "details": []}),
+            json!({"code": 3, "message": "task: \"not a task\" is not a task name: use dot-separated segments of letters, digits, '_' or '-', each starting with a letter, at most 128 characters", "reason": "INVALID_FIELD", "field": "task"}),
         ),
         (
             "GET",
@@ -213,7 +213,7 @@ async fn bad_requests_get_exact_statuses_and_bodies_and_create_nothing() -> anyh
             vec![],
             "",
             404,
-            json!({"code": 5, "message": "Not Found", "details": []}),
+            json!({"code": 5, "message": "Not Found", "reason": "NOT_FOUND"}),
         ),
         (
             "DELETE",
@@ -221,7 +221,7 @@ async fn bad_requests_get_exact_statuses_and_bodies_and_create_nothing() -> anyh
             vec![],
             "",
             405,
-            json!({"code": 12, "message": "Method Not Allowed", "details": []}),
+            json!({"code": 12, "message": "Method Not Allowed: \"/v1/jobs\" takes GET, POST", "reason": "UNIMPLEMENTED"}),
         ),
         (
             "GET",
@@ -229,7 +229,7 @@ async fn bad_requests_get_exact_statuses_and_bodies_and_create_nothing() -> anyh
             vec![],
             "",
             400,
-            json!({"code": 3, "message": "job_id: \"not-a-uuid\" is not a job id (a UUID)", "details": []}),
+            json!({"code": 3, "message": "job_id: \"not-a-uuid\" is not a job id (a UUID)", "reason": "INVALID_FIELD", "field": "job_id"}),
         ),
         (
             "GET",
@@ -237,7 +237,7 @@ async fn bad_requests_get_exact_statuses_and_bodies_and_create_nothing() -> anyh
             vec![],
             "",
             404,
-            json!({"code": 5, "message": format!("job {unknown_id} not found"), "details": []}),
+            json!({"code": 5, "message": format!("job {unknown_id} not found"), "reason": "JOB_NOT_FOUND"}),
         ),
         (
             "GET",
@@ -245,7 +245,7 @@ async fn bad_requests_get_exact_statuses_and_bodies_and_create_nothing() -> anyh
             vec![],
             "",
             400,
-            json!({"code": 3, "message": "query parameter \"pageSize\": \"ten\" is not a valid 32-bit integer", "details": []}),
+            json!({"code": 3, "message": "query parameter \"pageSize\": \"ten\" is not a valid 32-bit integer", "reason": "INVALID_ARGUMENT"}),
         ),
         (
             "GET",
@@ -253,7 +253,7 @@ async fn bad_requests_get_exact_statuses_and_bodies_and_create_nothing() -> anyh
             vec![],
             "",
             400,
-            json!({"code": 3, "message": "unknown query parameter \"colour\"", "details": []}),
+            json!({"code": 3, "message": "unknown query parameter \"colour\"", "reason": "INVALID_ARGUMENT"}),
         ),
         (
             "GET",
@@ -261,7 +261,7 @@ async fn bad_requests_get_exact_statuses_and_bodies_and_create_nothing() -> anyh
             vec![("Grpc-Timeout", "soon")],
             "",
             400,
-            json!({"code": 3, "message": "Grpc-Timeout must be 1 to 8 digits and a unit (H, M, S, m, u, n), e.g. 5S or 500m", "details": []}),
+            json!({"code": 3, "message": "Grpc-Timeout must be 1 to 8 digits and a unit (H, M, S, m, u, n), e.g. 5S or 500m", "reason": "INVALID_ARGUMENT"}),
         ),
         (
             "GET",
@@ -269,7 +269,7 @@ async fn bad_requests_get_exact_statuses_and_bodies_and_create_nothing() -> anyh
             vec![("Grpc-Timeout", "1n")],
             "",
             504,
-            json!({"code": 4, "message": "the call did not finish within its Grpc-Timeout", "details": []}),
+            json!({"code": 4, "message": "the call did not finish within its Grpc-Timeout", "reason": "DEADLINE_EXCEEDED"}),
         ),
         (
             "POST",
@@ -277,7 +277,7 @@ async fn bad_requests_get_exact_statuses_and_bodies_and_create_nothing() -> anyh
             vec![],
             "",
             400,
-            json!({"code": 9, "message": format!("job {done_id} already succeeded"), "details": []}),
+            json!({"code": 9, "message": format!("job {done_id} already succeeded"), "reason": "JOB_ALREADY_FINISHED"}),
         ),
     ];
     for (method, path, extra, body, status, expected) in &cases {
@@ -292,17 +292,63 @@ async fn bad_requests_get_exact_statuses_and_bodies_and_create_nothing() -> anyh
         let got = reply.json()?;
         // Messages from the JSON parser may vary in position detail; the rest is exact.
         assert_eq!(got["code"], expected["code"], "{what}: {got}");
-        assert_eq!(got["details"], json!([]), "{what}: {got}");
         assert_eq!(got["message"], expected["message"], "{what}: {got}");
+        // The details a program reads: the reason always, the field of a bad
+        // one, when to retry an overload (never a body too large).
+        let info = &got["details"][0];
+        assert_eq!(
+            info["@type"], "type.googleapis.com/google.rpc.ErrorInfo",
+            "{what}: {got}"
+        );
+        assert_eq!(info["domain"], "jobmesh.dev", "{what}: {got}");
+        assert_eq!(info["reason"], expected["reason"], "{what}: {got}");
+        let typed = |kind: &str| {
+            got["details"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|d| d["@type"] == format!("type.googleapis.com/google.rpc.{kind}"))
+                .cloned()
+        };
+        match expected.get("field") {
+            Some(field) => assert_eq!(
+                typed("BadRequest").map(|b| b["fieldViolations"][0]["field"].clone()),
+                Some(field.clone()),
+                "{what}: {got}"
+            ),
+            None => assert!(typed("BadRequest").is_none(), "{what}: {got}"),
+        }
+        assert!(typed("RetryInfo").is_none(), "{what}: {got}");
     }
+    // A JSON body is read as JSON whatever its Content-Type says (curl -d
+    // sends form encoding), as grpc-gateway's wildcard marshaler does.
+    let reply = rest
+        .send(
+            "POST",
+            "/v1/jobs",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            r#"{"task":"demo.echo"}"#,
+        )
+        .await?;
+    assert_eq!(reply.status, 200, "{:?}", reply.json());
+    let created = reply.json()?["job"]["id"].as_str().map(str::to_owned);
+    // A wrong method says which ones the path takes.
+    let reply = rest.send("DELETE", "/v1/jobs", &[], "").await?;
+    assert_eq!(reply.header("allow"), Some("GET, POST"));
 
     // Credentials: missing, and a token without the scope.
     let address = rest.address.clone();
     let reply = request(&address, "GET", "/v1/jobs", &[], b"").await?;
     assert_eq!(reply.status, 401);
     assert_eq!(
+        reply.header("www-authenticate"),
+        Some("Bearer realm=\"jobmesh\"")
+    );
+    assert_eq!(
         reply.json()?,
-        json!({"code": 16, "message": "missing credentials: send `authorization: Bearer <token>`", "details": []})
+        json!({"code": 16, "message": "missing credentials: send `authorization: Bearer <token>`", "details": [
+            {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "TOKEN_MISSING", "domain": "jobmesh.dev", "metadata": {}}
+        ]})
     );
     let reader = format!("Bearer {}", mesh.token(TENANT, &[scope::READ]));
     let reply = request(
@@ -319,12 +365,14 @@ async fn bad_requests_get_exact_statuses_and_bodies_and_create_nothing() -> anyh
     assert_eq!(reply.status, 403);
     assert_eq!(
         reply.json()?,
-        json!({"code": 7, "message": "this call needs the scope \"jobs:submit\"; the token has [jobs:read]", "details": []})
+        json!({"code": 7, "message": "this call needs the scope \"jobs:submit\"; the token has [jobs:read]", "details": [
+            {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "SCOPE_MISSING", "domain": "jobmesh.dev", "metadata": {"scope": "jobs:submit"}}
+        ]})
     );
 
     assert_eq!(
         rest.job_count().await?,
-        before,
+        before + usize::from(created.is_some()),
         "a refused request created a job"
     );
     mesh.stop().await;
@@ -459,7 +507,8 @@ async fn oversized_values_are_quoted_short_in_errors() -> anyhow::Result<()> {
     )
     .await?;
     assert_eq!(reply.status, 400);
-    assert!(reply.body.len() < 500, "{} bytes", reply.body.len());
+    // The message and its BadRequest description each quote the value cut short.
+    assert!(reply.body.len() < 1000, "{} bytes", reply.body.len());
     assert_eq!(reply.json()?["code"], 3);
     let listed = mesh
         .jobs()

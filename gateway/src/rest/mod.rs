@@ -169,6 +169,8 @@ struct Refusal {
     http: StatusCode,
     code: Code,
     message: String,
+    /// The `ErrorInfo` reason, when more precise than the code's.
+    reason: Option<&'static str>,
 }
 
 impl Refusal {
@@ -177,7 +179,13 @@ impl Refusal {
             http,
             code,
             message: message.into(),
+            reason: None,
         }
+    }
+
+    fn because(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
@@ -216,12 +224,19 @@ where
     }
     let (route, bound) = match shim.table.lookup(request.method(), &path) {
         Lookup::Found(route, bound) => (route, bound),
-        Lookup::WrongMethod => {
-            return refusal(Refusal::new(
+        Lookup::WrongMethod(allow) => {
+            let mut response = refusal(Refusal::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 Code::Unimplemented,
-                "Method Not Allowed",
+                format!(
+                    "Method Not Allowed: {} takes {allow}",
+                    jobmesh_runtime::quote::quoted(&path)
+                ),
             ));
+            if let Ok(value) = HeaderValue::from_str(&allow) {
+                response.headers_mut().insert(header::ALLOW, value);
+            }
+            return response;
         }
         Lookup::NotFound => {
             return refusal(Refusal::new(
@@ -289,6 +304,7 @@ async fn transcode(
             Code::ResourceExhausted,
             format!("the request body is larger than {MAX_REQUEST_BYTES} bytes"),
         )
+        .because(jobmesh_runtime::errors::REQUEST_TOO_LARGE)
     };
     let declared = parts
         .headers
@@ -324,7 +340,14 @@ async fn transcode(
                     .trim()
                     .to_ascii_lowercase()
             });
-        if let Some(found) = content_type.filter(|t| t != "application/json") {
+        // Like grpc-gateway's wildcard marshaler, a body that is JSON is read as
+        // JSON whatever its type says (`curl -d '{...}'` sends form encoding);
+        // only a body that is not JSON under another type is refused as such.
+        let not_json = |t: &String| {
+            t != "application/json"
+                && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err()
+        };
+        if let Some(found) = content_type.filter(not_json) {
             return Err(Refusal::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 Code::InvalidArgument,
@@ -612,17 +635,59 @@ pub(crate) fn http_status(code: Code) -> StatusCode {
     }
 }
 
-/// `{"code": <grpc code>, "message": "...", "details": []}`.
+/// `{"code": <grpc code>, "message": "...", "details": [...]}` for a refusal of
+/// the shim itself (no gRPC call made): the details its code implies.
 fn error_body_of(code: Code, message: &str) -> String {
-    format!(
-        "{{\"code\":{},\"message\":{},\"details\":[]}}",
-        code as i32,
-        serde_json::Value::String(message.to_owned())
-    )
+    error_body(&jobmesh_runtime::errors::complete(Status::new(
+        code, message,
+    )))
 }
 
+/// grpc-gateway's error body: the code, the message and the status's
+/// `google.rpc` details, each with its `@type` (ErrorInfo, BadRequest,
+/// RetryInfo, as `grpc-status-details-bin` carries them).
 fn error_body(status: &Status) -> String {
-    error_body_of(status.code(), status.message())
+    use tonic_types::StatusExt as _;
+    // The shim's own errors (a deadline it enforced) get their details here.
+    let status = &jobmesh_runtime::errors::complete(status.clone());
+    let found = status.get_error_details();
+    let mut details = Vec::new();
+    if let Some(info) = found.error_info() {
+        let metadata: serde_json::Map<String, serde_json::Value> = info
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        details.push(serde_json::json!({
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": info.reason,
+            "domain": info.domain,
+            "metadata": metadata,
+        }));
+    }
+    if let Some(bad) = found.bad_request() {
+        let violations: Vec<serde_json::Value> = bad
+            .field_violations
+            .iter()
+            .map(|v| serde_json::json!({"field": v.field, "description": v.description}))
+            .collect();
+        details.push(serde_json::json!({
+            "@type": "type.googleapis.com/google.rpc.BadRequest",
+            "fieldViolations": violations,
+        }));
+    }
+    if let Some(delay) = found.retry_info().and_then(|r| r.retry_delay) {
+        details.push(serde_json::json!({
+            "@type": "type.googleapis.com/google.rpc.RetryInfo",
+            "retryDelay": format!("{}s", delay.as_secs_f64()),
+        }));
+    }
+    serde_json::json!({
+        "code": status.code() as i32,
+        "message": status.message(),
+        "details": details,
+    })
+    .to_string()
 }
 
 fn json_error(http: StatusCode, body: String) -> HttpResponse {
@@ -639,6 +704,13 @@ fn json_error(http: StatusCode, body: String) -> HttpResponse {
 
 fn status_response(status: &Status) -> HttpResponse {
     let mut response = json_error(http_status(status.code()), error_body(status));
+    if status.code() == Code::Unauthenticated {
+        // RFC 6750: say how to authenticate.
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"jobmesh\""),
+        );
+    }
     if let Some(retry) = status.metadata().get(RETRY_AFTER)
         && let Ok(value) = HeaderValue::from_bytes(retry.as_encoded_bytes())
     {
@@ -648,7 +720,16 @@ fn status_response(status: &Status) -> HttpResponse {
 }
 
 fn refusal(refused: Refusal) -> HttpResponse {
-    json_error(refused.http, error_body_of(refused.code, &refused.message))
+    let body = match refused.reason {
+        Some(reason) => error_body(&jobmesh_runtime::errors::error(
+            refused.code,
+            refused.message,
+            reason,
+            &[],
+        )),
+        None => error_body_of(refused.code, &refused.message),
+    };
+    json_error(refused.http, body)
 }
 
 #[cfg(test)]
@@ -685,10 +766,10 @@ mod tests {
 
     #[test]
     fn error_bodies_have_grpc_gateway_shape() {
-        let body = error_body(&Status::not_found("job \"x\" not found"));
+        let body = error_body_of(Code::NotFound, "job \"x\" not found");
         assert_eq!(
             body,
-            r#"{"code":5,"message":"job \"x\" not found","details":[]}"#
+            r#"{"code":5,"message":"job \"x\" not found","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"NOT_FOUND","domain":"jobmesh.dev","metadata":{}}]}"#
         );
     }
 }

@@ -16,13 +16,36 @@ pub(crate) fn document(table: &Table) -> String {
         "google.rpc.Status".to_owned(),
         json!({
             "type": "object",
-            "description": "An error: the gRPC code (number), a message saying what to fix, and details (always present, possibly empty).",
+            "description": "An error: the gRPC code (number), a message saying what to fix, and google.rpc details a program can read, each with its @type: always an ErrorInfo (reason, domain jobmesh.dev, metadata), a BadRequest naming the field for INVALID_ARGUMENT (code 3), a RetryInfo for RESOURCE_EXHAUSTED (8) and UNAVAILABLE (14).",
             "properties": {
                 "code": {"type": "integer", "format": "int32"},
                 "message": {"type": "string"},
-                "details": {"type": "array", "items": {"type": "object"}}
+                "details": {"type": "array", "items": {"$ref": "#/components/schemas/google.protobuf.Any"}}
             },
             "required": ["code", "message", "details"]
+        }),
+    );
+    schemas.insert(
+        "google.protobuf.Any".to_owned(),
+        json!({
+            "type": "object",
+            "description": "One error detail: @type names it; the other properties are its fields. type.googleapis.com/google.rpc.ErrorInfo: reason (UPPER_SNAKE_CASE, stable), domain, metadata (strings). type.googleapis.com/google.rpc.BadRequest: fieldViolations [{field, description}]. type.googleapis.com/google.rpc.RetryInfo: retryDelay (a duration, e.g. \"1s\").",
+            "properties": {
+                "@type": {"type": "string"},
+                "reason": {"type": "string"},
+                "domain": {"type": "string"},
+                "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+                "fieldViolations": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {"field": {"type": "string"}, "description": {"type": "string"}}
+                    }
+                },
+                "retryDelay": {"type": "string"}
+            },
+            "required": ["@type"],
+            "additionalProperties": true
         }),
     );
     let mut paths = BTreeMap::new();

@@ -74,7 +74,7 @@ proptest! {
                 prop_assert_eq!(&route.method, &method);
                 prop_assert!(bound.iter().all(|(field, _)| route.path_fields().any(|f| f == field)));
             }
-            Lookup::WrongMethod | Lookup::NotFound => {}
+            Lookup::WrongMethod(_) | Lookup::NotFound => {}
         }
     }
 

@@ -94,8 +94,8 @@ fn split_verb(path: &str) -> (&str, Option<String>) {
 /// What a request path and method resolve to.
 pub(crate) enum Lookup<'a> {
     Found(&'a Route, Vec<(String, String)>),
-    /// The path exists with other methods.
-    WrongMethod,
+    /// The path exists with other methods: these (for `Allow`).
+    WrongMethod(String),
     NotFound,
 }
 
@@ -158,19 +158,21 @@ impl Table {
     }
 
     pub(crate) fn lookup(&self, method: &http::Method, path: &str) -> Lookup<'_> {
-        let mut path_known = false;
+        let mut allowed: Vec<&str> = Vec::new();
         for route in &self.routes {
             if let Some(bound) = route.matches(path) {
                 if route.method == method {
                     return Lookup::Found(route, bound);
                 }
-                path_known = true;
+                allowed.push(route.method.as_str());
             }
         }
-        if path_known {
-            Lookup::WrongMethod
-        } else {
+        if allowed.is_empty() {
             Lookup::NotFound
+        } else {
+            allowed.sort_unstable();
+            allowed.dedup();
+            Lookup::WrongMethod(allowed.join(", "))
         }
     }
 }
@@ -413,7 +415,7 @@ mod tests {
         let table = table();
         let found = |method: http::Method, path: &str| match table.lookup(&method, path) {
             Lookup::Found(route, bound) => format!("{} {bound:?}", route.grpc_path),
-            Lookup::WrongMethod => "405".to_owned(),
+            Lookup::WrongMethod(allow) => format!("405 {allow}"),
             Lookup::NotFound => "404".to_owned(),
         };
         assert_eq!(
@@ -436,7 +438,7 @@ mod tests {
             found(http::Method::GET, "/v1/jobs/abc/logs"),
             r#"/jobmesh.v1.JobService/ReadJobLogs [("job_id", "abc")]"#
         );
-        assert_eq!(found(http::Method::DELETE, "/v1/jobs/abc"), "405");
+        assert_eq!(found(http::Method::DELETE, "/v1/jobs/abc"), "405 GET");
         assert_eq!(found(http::Method::GET, "/v1/jobs/abc:explode"), "404");
         assert_eq!(found(http::Method::GET, "/v2/jobs"), "404");
         assert_eq!(found(http::Method::GET, "/v1/jobs//"), "404");

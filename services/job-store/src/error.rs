@@ -47,19 +47,54 @@ pub(crate) enum Error {
 pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl From<Error> for tonic::Status {
+    /// Each with an `ErrorInfo` whose reason a program can match on, and the ids
+    /// it is about in its metadata (`jobmesh_runtime::errors`).
     fn from(error: Error) -> Self {
+        use jobmesh_runtime::errors;
+        use tonic::Code;
         let message = error.to_string();
         match error {
-            Error::NotFound { .. } => tonic::Status::not_found(message),
-            Error::InvalidArgument { .. } => tonic::Status::invalid_argument(message),
-            Error::KeyReused { .. } => tonic::Status::already_exists(message),
-            Error::StaleAttempt { .. } | Error::AlreadyFinished { .. } => {
-                tonic::Status::failed_precondition(message)
+            Error::NotFound { job_id } => errors::error(
+                Code::NotFound,
+                message,
+                "JOB_NOT_FOUND",
+                &[("job_id", job_id)],
+            ),
+            Error::InvalidArgument { field, reason } => errors::invalid_field(field, reason),
+            Error::KeyReused { key, job_id } => errors::error(
+                Code::AlreadyExists,
+                message,
+                "IDEMPOTENCY_KEY_REUSED",
+                &[("idempotency_key", key), ("job_id", job_id.to_string())],
+            ),
+            Error::StaleAttempt {
+                job_id,
+                attempt,
+                current,
+                state,
+            } => errors::error(
+                Code::FailedPrecondition,
+                message,
+                "STALE_ATTEMPT",
+                &[
+                    ("job_id", job_id.to_string()),
+                    ("attempt", attempt.to_string()),
+                    ("current_attempt", current.to_string()),
+                    ("state", state.to_owned()),
+                ],
+            ),
+            Error::AlreadyFinished { job_id, state } => errors::error(
+                Code::FailedPrecondition,
+                message,
+                "JOB_ALREADY_FINISHED",
+                &[("job_id", job_id.to_string()), ("state", state.to_owned())],
+            ),
+            Error::Pool(_) | Error::Nats(_) => {
+                errors::error(Code::Unavailable, message, "DEPENDENCY_UNAVAILABLE", &[])
             }
-            Error::Pool(_) | Error::Nats(_) => tonic::Status::unavailable(message),
             Error::Database(ref db) => {
                 if db.is_closed() || db.as_db_error().is_none() {
-                    tonic::Status::unavailable(message)
+                    errors::error(Code::Unavailable, message, "DEPENDENCY_UNAVAILABLE", &[])
                 } else {
                     tracing::error!(%message, "database query failed");
                     tonic::Status::internal("job-store database query failed, see job-store logs")

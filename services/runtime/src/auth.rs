@@ -409,18 +409,26 @@ impl Caller {
         }
         let mut held: Vec<&str> = self.scopes.iter().map(String::as_str).collect();
         held.sort_unstable();
-        Err(Status::permission_denied(format!(
-            "this call needs the scope {wanted:?}; the token has [{}]",
-            held.join(" ")
-        )))
+        Err(crate::errors::error(
+            tonic::Code::PermissionDenied,
+            format!(
+                "this call needs the scope {wanted:?}; the token has [{}]",
+                held.join(" ")
+            ),
+            "SCOPE_MISSING",
+            &[("scope", wanted.to_owned())],
+        ))
     }
 
     /// The caller's tenant, or `PERMISSION_DENIED` when the token names none.
     pub fn tenant(&self, claim: &str) -> Result<&str, Status> {
         self.tenant.as_deref().ok_or_else(|| {
-            Status::permission_denied(format!(
-                "the token has no {claim:?} claim naming the tenant"
-            ))
+            crate::errors::error(
+                tonic::Code::PermissionDenied,
+                format!("the token has no {claim:?} claim naming the tenant"),
+                "TENANT_MISSING",
+                &[("claim", claim.to_owned())],
+            )
         })
     }
 }
@@ -458,6 +466,27 @@ pub enum Refusal {
     Audience(String),
     #[error("the token claims are invalid: {0}")]
     Claims(String),
+}
+
+impl Refusal {
+    /// The `ErrorInfo` reason of the refusal, for programs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Missing => "TOKEN_MISSING",
+            Refusal::NotBearer | Refusal::Repeated(_) => "AUTHORIZATION_MALFORMED",
+            Refusal::Malformed => "TOKEN_MALFORMED",
+            Refusal::AlgNone | Refusal::Critical | Refusal::Algorithm { .. } => {
+                "TOKEN_ALGORITHM_REFUSED"
+            }
+            Refusal::UnknownKid(_) | Refusal::Signature => "TOKEN_SIGNATURE_INVALID",
+            Refusal::Expired => "TOKEN_EXPIRED",
+            Refusal::NotYetValid => "TOKEN_NOT_YET_VALID",
+            Refusal::MissingClaim(_)
+            | Refusal::Issuer(_)
+            | Refusal::Audience(_)
+            | Refusal::Claims(_) => "TOKEN_CLAIMS_INVALID",
+        }
+    }
 }
 
 impl Verifier {
@@ -825,7 +854,12 @@ impl Authenticator {
             .and_then(|token| verifier.verify(token))
             .map_err(|refusal| {
                 tracing::debug!(reason = %refusal, "request refused: unauthenticated");
-                Status::unauthenticated(refusal.to_string())
+                crate::errors::error(
+                    tonic::Code::Unauthenticated,
+                    refusal.to_string(),
+                    refusal.reason(),
+                    &[],
+                )
             })?;
         if let Some(scope) = self.required {
             caller.require(scope)?;

@@ -163,6 +163,8 @@ pub fn traced_in<T>(context: &opentelemetry::Context, message: T) -> tonic::Requ
 /// recursion limit) with `INTERNAL`; the fault is the caller's, so the answer is
 /// `INVALID_ARGUMENT`. Applied to every server with
 /// `tower::util::MapResponseLayer::new(decode_errors_are_invalid_argument)`.
+///
+/// It then gives every error its details ([`crate::errors::complete_response`]).
 pub fn decode_errors_are_invalid_argument(
     mut response: http::Response<tonic::body::Body>,
 ) -> http::Response<tonic::body::Body> {
@@ -175,7 +177,7 @@ pub fn decode_errors_are_invalid_argument(
     if internal && decode {
         headers.insert("grpc-status", http::HeaderValue::from_static("3"));
     }
-    response
+    crate::errors::complete_response(response)
 }
 
 /// An HTTP request as tonic's server hands it to a layer.

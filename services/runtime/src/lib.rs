@@ -3,6 +3,7 @@
 //! other.
 
 pub mod auth;
+pub mod errors;
 pub mod grpc;
 pub mod health;
 pub mod metrics;
