@@ -686,6 +686,18 @@ enum Side {
     Client,
 }
 
+/// Whether a call that ended with `code` marks its span as an error (OpenTelemetry's
+/// gRPC conventions): on the server only the codes that are its own fault
+/// (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS) —
+/// a NOT_FOUND or INVALID_ARGUMENT is the caller's, and Jaeger would show every
+/// refused request as a failure; on the client every code but OK.
+fn is_span_error(side: Side, code: usize) -> bool {
+    match side {
+        Side::Client => code != 0,
+        Side::Server => matches!(code, 2 | 4 | 12 | 13 | 14 | 15),
+    }
+}
+
 /// A channel to another jobmesh service that records the gRPC client metrics of
 /// every call (`grpc_client_started_total`, `grpc_client_handled_total`,
 /// `grpc_client_handling_seconds`).
@@ -788,7 +800,7 @@ impl MeteredBody {
         if let Some(labels) = self.labels.take() {
             let number = code_number(code);
             self.span.record("rpc.grpc.status_code", number as i64);
-            if number != 0 {
+            if is_span_error(self.side, number) {
                 self.span.record("otel.status_code", "ERROR");
             }
             labels.handled(self.side, number, self.started.elapsed());
@@ -914,6 +926,27 @@ mod tests {
             "t.7",
             "a task seen before keeps its label"
         );
+    }
+
+    #[test]
+    fn only_server_faults_mark_server_spans_as_errors() {
+        for (code, server, client) in [
+            (0, false, false),
+            (3, false, true),
+            (5, false, true),
+            (7, false, true),
+            (8, false, true),
+            (9, false, true),
+            (2, true, true),
+            (4, true, true),
+            (12, true, true),
+            (13, true, true),
+            (14, true, true),
+            (15, true, true),
+        ] {
+            assert_eq!(is_span_error(Side::Server, code), server, "server {code}");
+            assert_eq!(is_span_error(Side::Client, code), client, "client {code}");
+        }
     }
 
     #[test]
