@@ -136,3 +136,58 @@ def test_sigterm_drains_the_worker_process(client, dispatcher, worker_token, uni
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _mesh_setting(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        pytest.fail(f"set {name}: this test starts a dispatcher of its own next to the mesh (see .ci/run)")
+    return value
+
+
+def test_the_worker_survives_a_dispatcher_restart(client, worker_token, unique):
+    """A dispatcher process of its own, beside the mesh's (same job-store and
+    NATS prefix), killed with SIGKILL and started again: the worker reconnects
+    by itself and serves the next job."""
+    binary = _mesh_setting("JOBMESH_BIN")
+    port = _free_port()
+    command = [binary, "dispatcher", "--listen", f"127.0.0.1:{port}",
+               "--job-store-url", _mesh_setting("JOBMESH_JOB_STORE_URL"),
+               "--nats-prefix", _mesh_setting("JOBMESH_NATS_PREFIX"),
+               "--auth-hs256-secret-file", _mesh_setting("JOBMESH_DEV_KEY_FILE"),
+               "--lease-ms", "3000"]
+    task = f"py.after_restart{unique}"
+
+    def answer(args, ctx):
+        return {"answer": 42}
+
+    def start():
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    dispatcher = start()
+    worker = jobmesh.Worker(f"127.0.0.1:{port}", worker_token, slots=2)
+    worker.tasks[task] = answer
+    thread = threading.Thread(target=worker.run, kwargs={"install_signals": False}, daemon=True)
+    thread.start()
+    try:
+        first = client.wait(client.submit(task).id, timeout=30)
+        assert first.state == "succeeded", first
+        dispatcher.send_signal(signal.SIGKILL)
+        dispatcher.wait(timeout=10)
+        time.sleep(1)
+        dispatcher = start()
+        second = client.wait(client.submit(task).id, timeout=60)
+        assert (second.state, second.result) == ("succeeded", {"answer": 42}), second
+    finally:
+        worker.stop()
+        thread.join(timeout=15)
+        dispatcher.kill()
+        dispatcher.wait(timeout=10)
