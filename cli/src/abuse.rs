@@ -295,7 +295,8 @@ fn abuser_channel(
     if !streaming {
         endpoint = endpoint.timeout(Duration::from_secs(10));
     }
-    let channel = jobmesh_runtime::grpc::Channel::new(endpoint.connect_lazy());
+    let channel =
+        jobmesh_runtime::grpc::Channel::new(endpoint.connect_lazy(), endpoint.uri().clone());
     Ok(auth::with_token(channel, Some(token)))
 }
 

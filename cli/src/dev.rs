@@ -92,7 +92,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         .map(|spec| jobmesh_worker::parse_exec(spec))
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
-    let _telemetry = jobmesh_runtime::telemetry::init("jobmesh-dev");
+    let _telemetry = jobmesh_runtime::telemetry::init_mesh("jobmesh-dev");
     let shutdown = jobmesh_runtime::shutdown::on_signal();
     let job_store_listener = bind(&args.job_store_listen, "job-store").await?;
     let dispatcher_listener = bind(&args.dispatcher_listen, "dispatcher").await?;

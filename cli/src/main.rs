@@ -13,6 +13,7 @@ mod workers;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use jobmesh_runtime::trace::services;
 use tokio::net::TcpListener;
 
 /// jobmesh: run long jobs with live progress over gRPC, on PostgreSQL and NATS
@@ -181,7 +182,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(args) => dev::run(args).await,
         Command::Gateway(args) => {
-            let _telemetry = jobmesh_runtime::telemetry::init("jobmesh-gateway");
+            let _telemetry = jobmesh_runtime::telemetry::init(services::GATEWAY);
             let listener = bind(&args.listen).await?;
             jobmesh_gateway::run(
                 args.config,
@@ -192,7 +193,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::JobStore(args) => {
-            let _telemetry = jobmesh_runtime::telemetry::init("jobmesh-job-store");
+            let _telemetry = jobmesh_runtime::telemetry::init(services::JOB_STORE);
             let listener = bind(&args.listen).await?;
             jobmesh_job_store::run(
                 args.config,
@@ -203,7 +204,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dispatcher(args) => {
-            let _telemetry = jobmesh_runtime::telemetry::init("jobmesh-dispatcher");
+            let _telemetry = jobmesh_runtime::telemetry::init(services::DISPATCHER);
             let listener = bind(&args.listen).await?;
             jobmesh_dispatcher::run(
                 args.config,
@@ -214,7 +215,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Worker(args) => {
-            let _telemetry = jobmesh_runtime::telemetry::init("jobmesh-worker");
+            let _telemetry = jobmesh_runtime::telemetry::init(services::WORKER);
             jobmesh_worker::run(args.config, jobmesh_runtime::shutdown::on_signal()).await?;
             Ok(())
         }

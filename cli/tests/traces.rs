@@ -76,6 +76,25 @@ async fn a_job_with_a_retry_is_one_trace_across_the_four_services() -> anyhow::R
             .job
             .expect("job");
 
+        // And one over REST, under another trace of the client's.
+        let rest_trace = "5ce0e9a56015fec5aadfa328ae398115";
+        let traceparent = format!("00-{rest_trace}-{client_span}-01");
+        let bearer = format!("Bearer {}", cluster.token);
+        let reply = jobmesh_tests::http::request(
+            cluster.gateway_url.trim_start_matches("http://"),
+            "POST",
+            "/v1/jobs",
+            &[
+                ("Authorization", bearer.as_str()),
+                ("Content-Type", "application/json"),
+                ("traceparent", traceparent.as_str()),
+                ("User-Agent", "traces-test/1"),
+            ],
+            br#"{"task":"demo.echo","args":{"via":"rest"}}"#,
+        )
+        .await?;
+        anyhow::ensure!(reply.status == 200, "REST submit: {:?}", reply.json());
+
         // Wait for both jobs to end and their spans to be exported.
         let until = Instant::now() + Duration::from_secs(30);
         let is_done = |spans: &[Received], job_id: &str, executions: usize| {
@@ -98,6 +117,9 @@ async fn a_job_with_a_retry_is_one_trace_across_the_four_services() -> anyhow::R
                 && spans
                     .iter()
                     .any(|s| s.trace_id == client_trace && s.service == "jobmesh-worker")
+                && spans
+                    .iter()
+                    .any(|s| s.trace_id == rest_trace && s.service == "jobmesh-worker")
             {
                 break;
             }
@@ -183,23 +205,66 @@ async fn a_job_with_a_retry_is_one_trace_across_the_four_services() -> anyhow::R
             trace.iter().map(|s| (s.span_id.as_str(), *s)).collect();
         let parent_of = |s: &Received| by_id.get(s.parent.as_str()).copied();
         let method = |s: &Received| s.attributes.get("rpc.method").cloned().unwrap_or_default();
+        // A call between services is a client span of the caller under `parent`,
+        // with the callee's server span under it; the server span is returned.
+        let called = |parent: &Received, caller: &str, callee: &str, rpc: &str| {
+            let client = trace
+                .iter()
+                .find(|s| s.parent == parent.span_id && s.kind == "client" && method(s) == rpc)
+                .unwrap_or_else(|| panic!("a client span {rpc} under {}", parent.name));
+            assert_eq!(client.service, caller, "{client:?}");
+            assert_eq!(
+                client.attributes.get("server.address").map(String::as_str),
+                Some("127.0.0.1"),
+                "{client:?}"
+            );
+            assert!(client.attributes.contains_key("server.port"), "{client:?}");
+            let server = trace
+                .iter()
+                .find(|s| s.parent == client.span_id)
+                .unwrap_or_else(|| panic!("the server span under the client {rpc}"));
+            assert_eq!(
+                (
+                    server.service.as_str(),
+                    server.kind,
+                    method(server).as_str()
+                ),
+                (callee, "server", rpc)
+            );
+            assert_eq!(server.name, client.name, "both named service/method");
+            *server
+        };
+        // The attribute naming a span's service is the resource's, not the span's.
+        for span in &trace {
+            assert!(!span.attributes.contains_key("jobmesh.service"), "{span:?}");
+        }
 
-        // job-store's CreateJob is a child of the submit.
-        let create = trace
-            .iter()
-            .find(|s| s.service == "jobmesh-job-store" && method(s) == "CreateJob")
-            .expect("CreateJob span");
-        assert_eq!(create.parent, root.span_id);
+        // job-store's CreateJob is called by the submit.
+        let create = called(&root, "jobmesh-gateway", "jobmesh-job-store", "CreateJob");
         // One publish per attempt, each a child of CreateJob (the stored context).
         let publishes: Vec<&&Received> = trace
             .iter()
             .filter(|s| {
-                s.attributes.get("messaging.operation").map(String::as_str) == Some("publish")
+                s.attributes
+                    .get("messaging.operation.name")
+                    .map(String::as_str)
+                    == Some("publish")
             })
             .collect();
         assert_eq!(publishes.len(), 2, "a publish per attempt");
         for publish in &publishes {
             assert_eq!(publish.parent, create.span_id, "{publish:?}");
+            assert_eq!(publish.kind, "producer");
+            assert_eq!(publish.service, "jobmesh-job-store");
+            let subject = &publish.attributes["messaging.destination.name"];
+            assert_eq!(publish.name, format!("publish {subject}"));
+            assert_eq!(
+                publish
+                    .attributes
+                    .get("messaging.operation.type")
+                    .map(String::as_str),
+                Some("send")
+            );
             assert_eq!(
                 publish
                     .attributes
@@ -214,7 +279,9 @@ async fn a_job_with_a_retry_is_one_trace_across_the_four_services() -> anyhow::R
             .iter()
             .filter(|s| {
                 s.service == "jobmesh-dispatcher"
-                    && s.attributes.get("messaging.operation").map(String::as_str)
+                    && s.attributes
+                        .get("messaging.operation.name")
+                        .map(String::as_str)
                         == Some("process")
             })
             .collect();
@@ -222,12 +289,16 @@ async fn a_job_with_a_retry_is_one_trace_across_the_four_services() -> anyhow::R
         let mut attempts_seen = Vec::new();
         for delivery in &deliveries {
             let publish = parent_of(delivery).expect("delivery has a parent");
+            assert_eq!(publish.kind, "producer");
+            assert_eq!(delivery.kind, "consumer");
+            let subject = &delivery.attributes["messaging.destination.name"];
+            assert_eq!(delivery.name, format!("process {subject}"));
             assert_eq!(
-                publish
+                delivery
                     .attributes
-                    .get("messaging.operation")
+                    .get("messaging.operation.type")
                     .map(String::as_str),
-                Some("publish")
+                Some("process")
             );
             let attempt = delivery
                 .attributes
@@ -240,11 +311,12 @@ async fn a_job_with_a_retry_is_one_trace_across_the_four_services() -> anyhow::R
                 .iter()
                 .filter(|s| s.parent == delivery.span_id)
                 .collect();
-            let lease = children
-                .iter()
-                .find(|s| method(s) == "LeaseJob")
-                .expect("LeaseJob under the delivery");
-            assert_eq!(lease.service, "jobmesh-job-store");
+            called(
+                delivery,
+                "jobmesh-dispatcher",
+                "jobmesh-job-store",
+                "LeaseJob",
+            );
             let execute = children
                 .iter()
                 .find(|s| s.service == "jobmesh-worker")
@@ -255,11 +327,13 @@ async fn a_job_with_a_retry_is_one_trace_across_the_four_services() -> anyhow::R
                 execute.attributes.get("jobmesh.task").map(String::as_str),
                 Some("demo.fail")
             );
-            let fail = children
-                .iter()
-                .find(|s| method(s) == "FailJob")
-                .expect("FailJob under the delivery");
-            assert_eq!(fail.service, "jobmesh-job-store");
+            assert_eq!(execute.kind, "consumer");
+            called(
+                delivery,
+                "jobmesh-dispatcher",
+                "jobmesh-job-store",
+                "FailJob",
+            );
         }
         attempts_seen.sort();
         assert_eq!(attempts_seen, vec!["1".to_owned(), "2".to_owned()]);
@@ -272,7 +346,7 @@ async fn a_job_with_a_retry_is_one_trace_across_the_four_services() -> anyhow::R
             .collect();
         let submit = theirs
             .iter()
-            .find(|s| s.service == "jobmesh-gateway")
+            .find(|s| s.service == "jobmesh-gateway" && s.kind == "server")
             .expect("gateway span in the client's trace");
         assert_eq!(submit.parent, client_span);
         let execute = theirs
@@ -284,6 +358,41 @@ async fn a_job_with_a_retry_is_one_trace_across_the_four_services() -> anyhow::R
             execute.events.iter().filter(|e| *e == "progress").count() >= 3,
             "progress reports are span events: {:?}",
             execute.events
+        );
+
+        // A REST call is an HTTP server span (the caller's child) with the gRPC
+        // call it became inside it, an internal span.
+        let rest: Vec<&Received> = spans.iter().filter(|s| s.trace_id == rest_trace).collect();
+        let http = rest
+            .iter()
+            .find(|s| s.kind == "server")
+            .expect("the REST call's server span");
+        assert_eq!(http.parent, client_span);
+        assert_eq!(http.service, "jobmesh-gateway");
+        assert_eq!(http.name, "POST /v1/jobs");
+        for (key, value) in [
+            ("http.request.method", "POST"),
+            ("http.route", "/v1/jobs"),
+            ("url.path", "/v1/jobs"),
+            ("url.scheme", "http"),
+            ("http.response.status_code", "200"),
+            ("user_agent.original", "traces-test/1"),
+        ] {
+            assert_eq!(
+                http.attributes.get(key).map(String::as_str),
+                Some(value),
+                "{key} of {http:?}"
+            );
+        }
+        let grpc = rest
+            .iter()
+            .find(|s| s.parent == http.span_id)
+            .expect("the gRPC call under the REST span");
+        assert_eq!(grpc.kind, "internal");
+        assert_eq!(grpc.name, "jobmesh.v1.JobService/SubmitJob");
+        assert!(
+            rest.iter().any(|s| s.service == "jobmesh-worker"),
+            "the REST job ran in the REST call's trace"
         );
         anyhow::Ok(())
     }

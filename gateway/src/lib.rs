@@ -18,6 +18,7 @@ use jobmesh_proto::internal::job_store_service_client::JobStoreServiceClient;
 use jobmesh_proto::v1::job_service_server::JobServiceServer;
 use jobmesh_proto::v1::task_service_server::TaskServiceServer;
 use jobmesh_runtime::grpc::MAX_MESSAGE_BYTES;
+use jobmesh_runtime::trace::services::GATEWAY;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -100,11 +101,13 @@ pub async fn run(
         }
     };
     let job_store = jobmesh_runtime::grpc::channel(&config.job_store_url)
-        .map_err(url_error("job-store", &config.job_store_url))?;
+        .map_err(url_error("job-store", &config.job_store_url))?
+        .caller(GATEWAY);
     let job_store_streaming = pool::StreamPool::new(&config.job_store_url, config.max_streams)
         .map_err(url_error("job-store", &config.job_store_url))?;
     let dispatcher = jobmesh_runtime::grpc::channel(&config.dispatcher_url)
-        .map_err(url_error("dispatcher", &config.dispatcher_url))?;
+        .map_err(url_error("dispatcher", &config.dispatcher_url))?
+        .caller(GATEWAY);
     let gateway = grpc::Gateway {
         job_store: JobStoreServiceClient::new(job_store)
             .max_decoding_message_size(MAX_MESSAGE_BYTES),

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use jobmesh_proto::internal::job_store_service_client::JobStoreServiceClient;
 use jobmesh_runtime::grpc::{Channel, MAX_CONCURRENT_STREAMS, MAX_MESSAGE_BYTES};
+use jobmesh_runtime::trace::services::GATEWAY;
 
 type Client = JobStoreServiceClient<Channel>;
 
@@ -34,9 +35,10 @@ impl StreamPool {
         let count = max_streams.max(1).div_ceil(MAX_CONCURRENT_STREAMS as usize);
         let channels = (0..count)
             .map(|_| {
-                let client =
-                    JobStoreServiceClient::new(jobmesh_runtime::grpc::streaming_channel(url)?)
-                        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+                let client = JobStoreServiceClient::new(
+                    jobmesh_runtime::grpc::streaming_channel(url)?.caller(GATEWAY),
+                )
+                .max_decoding_message_size(MAX_MESSAGE_BYTES);
                 Ok((client, Arc::new(AtomicUsize::new(0))))
             })
             .collect::<Result<Vec<_>, tonic::transport::Error>>()?;

@@ -27,6 +27,8 @@ pub struct Received {
     pub trace_id: String,
     pub span_id: String,
     pub parent: String,
+    /// `server`, `client`, `producer`, `consumer` or `internal`.
+    pub kind: &'static str,
     pub attributes: HashMap<String, String>,
     pub events: Vec<String>,
 }
@@ -49,6 +51,17 @@ fn attributes(list: &[KeyValue]) -> HashMap<String, String> {
     list.iter()
         .map(|kv| (kv.key.clone(), text(&kv.value)))
         .collect()
+}
+
+fn kind(kind: i32) -> &'static str {
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    match SpanKind::try_from(kind) {
+        Ok(SpanKind::Server) => "server",
+        Ok(SpanKind::Client) => "client",
+        Ok(SpanKind::Producer) => "producer",
+        Ok(SpanKind::Consumer) => "consumer",
+        _ => "internal",
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -79,6 +92,7 @@ impl TraceService for Collector {
                     trace_id: hex(&span.trace_id),
                     span_id: hex(&span.span_id),
                     parent: hex(&span.parent_span_id),
+                    kind: kind(span.kind),
                     attributes: attributes(&span.attributes),
                     events: span.events.iter().map(|e| e.name.clone()).collect(),
                 });

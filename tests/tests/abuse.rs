@@ -657,11 +657,10 @@ async fn a_peer_that_stops_answering_pings_loses_its_connection_and_stream() -> 
     let mine = mesh.token(TENANT, &scope::USER);
     let job = queued(&mesh, &mine).await?;
     let link = SilentLink::start(address).await?;
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", link.address))?.connect_lazy();
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", link.address))?;
     let mut through_link =
         v1::job_service_client::JobServiceClient::new(jobmesh_runtime::auth::with_token(
-            jobmesh_runtime::grpc::Channel::new(channel),
+            jobmesh_runtime::grpc::Channel::new(endpoint.connect_lazy(), endpoint.uri().clone()),
             Some(&mine),
         ));
     let _stream = watching(&mut through_link, &job.id).await?;

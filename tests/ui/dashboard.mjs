@@ -272,9 +272,18 @@ await scenario("a job links to its trace, and the trace is there", async (page) 
   const [viewer] = await Promise.all([page.context().waitForEvent("page"), link.click()]);
   await viewer.waitForLoadState();
   const shown = await viewer.textContent("body");
-  // The gateway's submit span and the worker's execution, in the one trace.
-  assert(shown.includes(`trace ${job.traceId}`) && shown.includes("JobService/SubmitJob"), `the trace page showed ${shown}`);
-  assert(shown.includes("demo.echo execute"), `the trace holds no execution span: ${shown}`);
+  // The gateway's submit span and the worker's execution, in the one trace, and
+  // jobmesh dev (one process) exports each component as its own service.
+  assert(shown.includes(`trace ${job.traceId}`), `the trace page showed ${shown}`);
+  for (const line of [
+    "jobmesh-gateway POST /v1/jobs",
+    "jobmesh-gateway jobmesh.v1.JobService/SubmitJob",
+    "jobmesh-job-store jobmesh.internal.v1.JobStoreService/CreateJob",
+    "jobmesh-dispatcher process ",
+    "jobmesh-worker demo.echo execute",
+  ]) {
+    assert(shown.includes(line), `the trace holds no "${line}": ${shown}`);
+  }
 });
 
 await scenario("the pages answer with a Content-Security-Policy that forbids inline script and framing", async (page) => {

@@ -24,6 +24,7 @@ use jobmesh_runtime::grpc::MAX_MESSAGE_BYTES;
 use crate::MAX_REQUEST_BYTES;
 use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, SerializeOptions};
 use tonic::{Code, Status};
+use tracing::Instrument as _;
 
 use crate::limits::RETRY_AFTER;
 use routes::{Lookup, Route, Table};
@@ -246,6 +247,60 @@ where
             ));
         }
     };
+    // The REST call's HTTP server span (OpenTelemetry's HTTP conventions), a
+    // child of the caller's `traceparent`; the gRPC call it becomes is its child.
+    let span = http_span(route, &request);
+    let response = serve_route(shim, inner, request, route, bound, arrived)
+        .instrument(span.clone())
+        .await;
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    response
+}
+
+/// The HTTP server span of a REST call to `route`.
+fn http_span(route: &Route, request: &HttpRequest) -> tracing::Span {
+    let span = tracing::info_span!(
+        "http.server",
+        otel.name = %format!("{} {}", route.method, route.template),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %route.method,
+        http.route = %route.template,
+        url.path = request.uri().path(),
+        url.scheme = "http",
+        user_agent.original = request
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok()),
+        http.response.status_code = tracing::field::Empty,
+        jobmesh.service = jobmesh_runtime::trace::services::GATEWAY,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    jobmesh_runtime::trace::adopt(
+        &span,
+        jobmesh_runtime::trace::from_headers(request.headers()),
+    );
+    span
+}
+
+/// Serves a REST call to `route`: authentication, the body, the gRPC call.
+async fn serve_route<S>(
+    shim: &Shim,
+    inner: S,
+    request: HttpRequest,
+    route: &Route,
+    bound: Vec<(String, String)>,
+    arrived: std::time::Instant,
+) -> HttpResponse
+where
+    S: tower::Service<HttpRequest, Response = HttpResponse, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+{
     // A caller without valid credentials is refused before its body is read: it
     // cannot hold a read slot by sending slowly.
     let caller = match &shim.auth {
@@ -455,6 +510,11 @@ where
 {
     let mut request = tonic::Request::new(Bytes::from(prost::Message::encode_to_vec(&message)));
     *request.metadata_mut() = metadata;
+    // The gRPC call is a child of the REST call's span, an internal one.
+    jobmesh_runtime::trace::to_metadata(&jobmesh_runtime::trace::current(), request.metadata_mut());
+    request
+        .extensions_mut()
+        .insert(jobmesh_runtime::trace::Transcoded);
     let Ok(path) = http::uri::PathAndQuery::try_from(route.grpc_path.as_str()) else {
         return status_response(&Status::internal("bad route path"));
     };

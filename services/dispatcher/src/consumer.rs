@@ -146,11 +146,14 @@ async fn deliver(ctx: &Context, task: &str, message: jetstream::Message) {
     } else {
         tracing::info_span!(
             "jetstream.process",
-            otel.name = %format!("{} process", message.subject),
+            otel.name = %format!("process {}", message.subject),
             otel.kind = "consumer",
             messaging.system = "nats",
-            messaging.operation = "process",
+            messaging.operation.name = "process",
+            messaging.operation.type = "process",
             messaging.destination.name = %message.subject,
+            messaging.message.id = %format!("{}:{}", queued.job_id, queued.attempt),
+            jobmesh.service = jobmesh_runtime::trace::services::DISPATCHER,
             jobmesh.job_id = %queued.job_id,
             jobmesh.task = %task,
             jobmesh.attempt = queued.attempt,

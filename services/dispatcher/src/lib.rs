@@ -141,12 +141,12 @@ pub async fn run(
             message: e.to_string(),
         })?;
     let jetstream = jetstream::new(nats.clone());
-    let channel = jobmesh_runtime::grpc::channel(&config.job_store_url).map_err(|source| {
-        RunError::JobStoreUrl {
+    let channel = jobmesh_runtime::grpc::channel(&config.job_store_url)
+        .map_err(|source| RunError::JobStoreUrl {
             url: config.job_store_url.clone(),
             source,
-        }
-    })?;
+        })?
+        .caller(jobmesh_runtime::trace::services::DISPATCHER);
     let job_store = JobStoreServiceClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -112,11 +112,14 @@ impl Relay {
             } else {
                 tracing::info_span!(
                     "jetstream.publish",
-                    otel.name = %format!("{subject} publish"),
+                    otel.name = %format!("publish {subject}"),
                     otel.kind = "producer",
                     messaging.system = "nats",
-                    messaging.operation = "publish",
+                    messaging.operation.name = "publish",
+                    messaging.operation.type = "send",
                     messaging.destination.name = %subject,
+                    messaging.message.id = %format!("{job_id}:{attempt}"),
+                    jobmesh.service = jobmesh_runtime::trace::services::JOB_STORE,
                     jobmesh.job_id = %job_id,
                     jobmesh.task = %task,
                     jobmesh.attempt = attempt,

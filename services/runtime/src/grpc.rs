@@ -65,7 +65,10 @@ pub fn channel(url: &str) -> Result<Channel, tonic::transport::Error> {
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
-    Ok(Channel::new(endpoint.connect_lazy()))
+    Ok(Channel::new(
+        endpoint.connect_lazy(),
+        endpoint.uri().clone(),
+    ))
 }
 
 /// A channel without a per-call timeout, for long-lived streams (watch, worker
@@ -77,7 +80,10 @@ pub fn streaming_channel(url: &str) -> Result<Channel, tonic::transport::Error> 
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
-    Ok(Channel::new(endpoint.connect_lazy()))
+    Ok(Channel::new(
+        endpoint.connect_lazy(),
+        endpoint.uri().clone(),
+    ))
 }
 
 /// Accepts `host:port` as well as `http://host:port`.

@@ -348,28 +348,15 @@ where
         let parent = crate::trace::from_headers(request.headers());
         let traced = !labels.service.starts_with("grpc.")
             && (crate::trace::has_span(&parent) || starts_traces(&labels.service));
-        let span = if !traced {
-            tracing::Span::none()
+        let span = if traced {
+            let transcoded = request
+                .extensions()
+                .get::<crate::trace::Transcoded>()
+                .is_some();
+            crate::trace::server_span(&labels.service, &labels.method, parent, transcoded)
         } else {
-            tracing::info_span!(
-            "grpc.server",
-            otel.name = %format!("{}/{}", labels.service, labels.method),
-            otel.kind = "server",
-            otel.status_code = tracing::field::Empty,
-            rpc.system = "grpc",
-            rpc.service = %labels.service,
-            rpc.method = %labels.method,
-            rpc.grpc.status_code = tracing::field::Empty,
-            jobmesh.job_id = tracing::field::Empty,
-            jobmesh.task = tracing::field::Empty,
-            jobmesh.attempt = tracing::field::Empty,
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
-            )
+            tracing::Span::none()
         };
-        if traced {
-            crate::trace::adopt(&span, parent);
-        }
         let started = Instant::now();
         let call_span = span.clone();
         async move {
@@ -700,14 +687,32 @@ fn is_span_error(side: Side, code: usize) -> bool {
 
 /// A channel to another jobmesh service that records the gRPC client metrics of
 /// every call (`grpc_client_started_total`, `grpc_client_handled_total`,
-/// `grpc_client_handling_seconds`).
+/// `grpc_client_handling_seconds`) and, for a call made inside a trace, its
+/// client span (on behalf of `caller`, a [`crate::trace::services`] name).
 #[derive(Clone, Debug)]
-pub struct MeteredChannel(tonic::transport::Channel);
+pub struct MeteredChannel {
+    channel: tonic::transport::Channel,
+    /// The server's address (the request URIs hold only the path).
+    server: http::Uri,
+    caller: &'static str,
+}
 
 impl MeteredChannel {
-    pub fn new(channel: tonic::transport::Channel) -> Self {
+    /// A channel to `server`, of a program using jobmesh (its client spans say
+    /// `jobmesh-client`); a service names itself with [`Self::caller`].
+    pub fn new(channel: tonic::transport::Channel, server: http::Uri) -> Self {
         let _ = handle();
-        Self(channel)
+        Self {
+            channel,
+            server,
+            caller: "jobmesh-client",
+        }
+    }
+
+    /// The channel of service `caller` (a [`crate::trace::services`] name), which
+    /// its client spans name as theirs.
+    pub fn caller(self, caller: &'static str) -> Self {
+        Self { caller, ..self }
     }
 }
 
@@ -717,15 +722,22 @@ impl tower::Service<HttpRequest> for MeteredChannel {
     type Future = BoxFuture<'static, Result<HttpResponse, tonic::transport::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        tower::Service::poll_ready(&mut self.0, cx)
+        tower::Service::poll_ready(&mut self.channel, cx)
     }
 
-    fn call(&mut self, request: HttpRequest) -> Self::Future {
+    fn call(&mut self, mut request: HttpRequest) -> Self::Future {
         let labels = Method::of(request.uri().path());
         labels.started(Side::Client).increment(1);
+        let span = crate::trace::client_span(
+            self.caller,
+            &labels.service,
+            &labels.method,
+            &self.server,
+            request.headers_mut(),
+        );
         let request = Messages::count_in(request, labels.requests(Side::Client));
         let started = Instant::now();
-        let call = tower::Service::call(&mut self.0, request);
+        let call = tower::Service::call(&mut self.channel, request);
         async move {
             match call.await {
                 Ok(response) => Ok(MeteredBody::wrap(
@@ -733,7 +745,7 @@ impl tower::Service<HttpRequest> for MeteredChannel {
                     response,
                     labels,
                     started,
-                    tracing::Span::none(),
+                    span,
                 )),
                 Err(error) => {
                     // No answer at all: the call failed as UNAVAILABLE.
@@ -744,7 +756,7 @@ impl tower::Service<HttpRequest> for MeteredChannel {
                         labels: Some(labels),
                         started,
                         code: None,
-                        span: tracing::Span::none(),
+                        span,
                     };
                     unanswered.finish("14");
                     Err(error)

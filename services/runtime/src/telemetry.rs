@@ -13,6 +13,8 @@
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+
+use crate::trace::services;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -48,37 +50,155 @@ pub fn traces_configured() -> bool {
 
 /// The tracer provider for `service`: exporting when export is configured, and
 /// without an exporter when only JSON logs want trace ids (spans get ids and
-/// context still propagates, nothing leaves the process).
-fn provider(service: &str, json_logs: bool) -> Result<Option<SdkTracerProvider>, String> {
+/// context still propagates, nothing leaves the process). With `split`, spans are
+/// exported under the service their `jobmesh.service` attribute names.
+fn provider(
+    service: &str,
+    json_logs: bool,
+    split: bool,
+) -> Result<Option<SdkTracerProvider>, String> {
     let export = traces_configured();
     if !export && !json_logs {
         return Ok(None);
     }
+    let named = std::env::var("OTEL_SERVICE_NAME").is_ok();
     let mut resource = opentelemetry_sdk::Resource::builder();
-    if std::env::var("OTEL_SERVICE_NAME").is_err() {
+    if !named {
         resource = resource.with_service_name(service.to_owned());
     }
     let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
     if export {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()
-            .map_err(|e| e.to_string())?;
-        builder = builder.with_batch_exporter(exporter);
+        let otlp = || {
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .build()
+                .map_err(|e| e.to_string())
+        };
+        let mut exporters = vec![(None, otlp()?)];
+        // A service name the user chose applies to everything.
+        if split && !named {
+            for name in [
+                services::GATEWAY,
+                services::JOB_STORE,
+                services::DISPATCHER,
+                services::WORKER,
+            ] {
+                exporters.push((Some(name), otlp()?));
+            }
+        }
+        builder = builder.with_batch_exporter(ByService { exporters });
     }
     Ok(Some(builder.build()))
+}
+
+/// Exports each span under the `service.name` its `jobmesh.service` attribute
+/// names (one OTLP exporter, with its own resource, per service), and removes
+/// that attribute: it only says where a span belongs, which the resource says.
+/// A span of no listed service goes to the first exporter, the process's own.
+#[derive(Debug)]
+struct ByService {
+    exporters: Vec<(Option<&'static str>, opentelemetry_otlp::SpanExporter)>,
+}
+
+impl opentelemetry_sdk::trace::SpanExporter for ByService {
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        let mut groups: Vec<Vec<_>> = self.exporters.iter().map(|_| Vec::new()).collect();
+        for mut span in batch {
+            let mut index = 0;
+            span.attributes.retain(|attribute| {
+                if attribute.key.as_str() != services::ATTRIBUTE {
+                    return true;
+                }
+                let value = attribute.value.as_str();
+                if let Some(found) = self
+                    .exporters
+                    .iter()
+                    .position(|(name, _)| *name == Some(value.as_ref()))
+                {
+                    index = found;
+                }
+                false
+            });
+            groups[index].push(span);
+        }
+        let mut result = Ok(());
+        for (group, (_, exporter)) in groups.into_iter().zip(&self.exporters) {
+            if !group.is_empty()
+                && let Err(error) = exporter.export(group).await
+            {
+                result = Err(error);
+            }
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(
+        &self,
+        timeout: std::time::Duration,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        let mut result = Ok(());
+        for (_, exporter) in &self.exporters {
+            if let Err(error) = exporter.shutdown_with_timeout(timeout) {
+                result = Err(error);
+            }
+        }
+        result
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        let mut result = Ok(());
+        for (_, exporter) in &self.exporters {
+            if let Err(error) = exporter.force_flush() {
+                result = Err(error);
+            }
+        }
+        result
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        for (name, exporter) in &mut self.exporters {
+            match name {
+                None => exporter.set_resource(resource),
+                Some(name) => exporter.set_resource(
+                    &opentelemetry_sdk::Resource::builder_empty()
+                        .with_attributes(
+                            resource
+                                .iter()
+                                .map(|(k, v)| opentelemetry::KeyValue::new(k.clone(), v.clone())),
+                        )
+                        .with_service_name(*name)
+                        .build(),
+                ),
+            }
+        }
+    }
 }
 
 /// Installs the global subscriber (logs, and traces when configured) and the W3C
 /// trace-context propagator. Later calls only return an empty guard, which tests
 /// rely on.
 pub fn init(service: &str) -> Guard {
+    install(service, false)
+}
+
+/// [`init`] for a process that runs several services (`jobmesh dev`): each span
+/// is exported under its own service's name (`jobmesh-gateway`,
+/// `jobmesh-job-store`, …), as if each ran alone, unless `OTEL_SERVICE_NAME`
+/// names one for all.
+pub fn init_mesh(service: &str) -> Guard {
+    install(service, true)
+}
+
+fn install(service: &str, split: bool) -> Guard {
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("JOBMESH_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
-    let (provider, failure) = match provider(service, json) {
+    let (provider, failure) = match provider(service, json, split) {
         Ok(provider) => (provider, None),
         Err(error) => (None, Some(error)),
     };

@@ -50,6 +50,19 @@ impl Extractor for Headers<'_> {
     }
 }
 
+struct HeadersMut<'a>(&'a mut http::HeaderMap);
+
+impl Injector for HeadersMut<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(key), Ok(value)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(key, value);
+        }
+    }
+}
+
 struct NatsHeaders<'a>(&'a async_nats::HeaderMap);
 
 impl Extractor for NatsHeaders<'_> {
@@ -94,6 +107,15 @@ pub fn to_metadata(context: &Context, metadata: &mut tonic::metadata::MetadataMa
     if has_span(context) {
         opentelemetry::global::get_text_map_propagator(|p| {
             p.inject_context(context, &mut MetadataMut(metadata));
+        });
+    }
+}
+
+/// Adds `context` to outgoing HTTP headers (replacing any `traceparent` there).
+pub fn to_headers(context: &Context, headers: &mut http::HeaderMap) {
+    if has_span(context) {
+        opentelemetry::global::get_text_map_propagator(|p| {
+            p.inject_context(context, &mut HeadersMut(headers));
         });
     }
 }
@@ -160,4 +182,98 @@ pub fn record_job(job_id: &str, task: Option<&str>, attempt: Option<i32>) {
 /// Whether `context` holds a span (a trace to join).
 pub fn has_span(context: &Context) -> bool {
     context.span().span_context().is_valid()
+}
+
+/// The `service.name` of each jobmesh service. A span carries the one it belongs
+/// to in `jobmesh.service`, which the exporter turns into the resource's
+/// `service.name` (so that `jobmesh dev`, one process, shows four services) and
+/// removes from the span.
+pub mod services {
+    pub const GATEWAY: &str = "jobmesh-gateway";
+    pub const JOB_STORE: &str = "jobmesh-job-store";
+    pub const DISPATCHER: &str = "jobmesh-dispatcher";
+    pub const WORKER: &str = "jobmesh-worker";
+    /// The span attribute naming a span's service.
+    pub const ATTRIBUTE: &str = "jobmesh.service";
+}
+
+/// The jobmesh service that serves the gRPC service `rpc_service`.
+pub fn server_of(rpc_service: &str) -> &'static str {
+    match rpc_service {
+        "jobmesh.internal.v1.JobStoreService" => services::JOB_STORE,
+        "jobmesh.internal.v1.DispatcherService" | "jobmesh.v1.WorkerService" => {
+            services::DISPATCHER
+        }
+        _ => services::GATEWAY,
+    }
+}
+
+/// Marks a gRPC request that the gateway's REST shim made in-process for a REST
+/// call (a request extension): its span is `internal`, a child of the REST call's
+/// HTTP server span, rather than a second server span.
+#[derive(Clone, Copy, Debug)]
+pub struct Transcoded;
+
+/// The server span of a gRPC call to `service`/`method`, a child of `parent`
+/// (OpenTelemetry's RPC conventions: named `service/method`, `rpc.*` attributes;
+/// the status code is recorded when the call ends).
+pub fn server_span(
+    service: &str,
+    method: &str,
+    parent: Context,
+    transcoded: bool,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "grpc.server",
+        otel.name = %format!("{service}/{method}"),
+        otel.kind = if transcoded { "internal" } else { "server" },
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        jobmesh.job_id = tracing::field::Empty,
+        jobmesh.task = tracing::field::Empty,
+        jobmesh.attempt = tracing::field::Empty,
+        jobmesh.service = server_of(service),
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    adopt(&span, parent);
+    span
+}
+
+/// The client span of a call `caller` makes to `service`/`method`, when the
+/// request carries a trace context (a call made inside a trace): a child of that
+/// context, which the request then carries instead, so the server's span is the
+/// client span's child. No span (and the headers unchanged) otherwise.
+pub fn client_span(
+    caller: &'static str,
+    service: &str,
+    method: &str,
+    server: &http::Uri,
+    headers: &mut http::HeaderMap,
+) -> tracing::Span {
+    let parent = from_headers(headers);
+    if !has_span(&parent) {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "grpc.client",
+        otel.name = %format!("{service}/{method}"),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        server.address = server.host().unwrap_or_default(),
+        server.port = server.port_u16().map(i64::from),
+        jobmesh.service = caller,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    adopt(&span, parent);
+    to_headers(&span.context(), headers);
+    span
 }

@@ -143,7 +143,8 @@ async fn session(
 ) -> Result<(), Failure> {
     let fail = |welcomed, message: String| Failure { welcomed, message };
     let channel = jobmesh_runtime::grpc::streaming_channel(&config.dispatcher_url)
-        .map_err(|e| fail(false, e.to_string()))?;
+        .map_err(|e| fail(false, e.to_string()))?
+        .caller(jobmesh_runtime::trace::services::WORKER);
     let token = match (&config.token, &config.token_file) {
         (Some(token), _) => Some(token.expose().to_owned()),
         (None, Some(path)) => Some(
@@ -287,6 +288,7 @@ async fn session(
                             jobmesh.task = %assignment.task,
                             jobmesh.attempt = assignment.attempt,
                             jobmesh.worker_id = %worker_id,
+                            jobmesh.service = jobmesh_runtime::trace::services::WORKER,
                             trace_id = tracing::field::Empty,
                             span_id = tracing::field::Empty,
                         )
