@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
+use jobmesh_auth::{self as auth, scope};
 use jobmesh_proto::v1;
-use jobmesh_runtime::auth::{self, scope};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 
@@ -248,7 +248,7 @@ fn resident_kib(pid: u32) -> Option<u64> {
 /// latencies in seconds).
 async fn health_checks(url: &str, stop: CancellationToken) -> (usize, usize, Vec<f64>) {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    let Ok(channel) = jobmesh_runtime::grpc::channel(url) else {
+    let Ok(channel) = jobmesh_runtime::client::channel(url) else {
         return (0, 0, Vec::new());
     };
     let mut client = HealthClient::new(channel);
@@ -296,7 +296,7 @@ fn abuser_channel(
         endpoint = endpoint.timeout(Duration::from_secs(10));
     }
     let channel =
-        jobmesh_runtime::grpc::Channel::new(endpoint.connect_lazy(), endpoint.uri().clone());
+        jobmesh_runtime::client::Channel::new(endpoint.connect_lazy(), endpoint.uri().clone());
     Ok(auth::with_token(channel, Some(token)))
 }
 
@@ -391,7 +391,7 @@ async fn start(
         }
         "echo" => {
             let token = abuser_token("abuser")?;
-            let channel = jobmesh_runtime::grpc::channel(&format!("http://{gateway}"))?;
+            let channel = jobmesh_runtime::client::channel(&format!("http://{gateway}"))?;
             let jobs = v1::job_service_client::JobServiceClient::new(auth::with_token(
                 channel,
                 Some(&token),

@@ -362,7 +362,7 @@ async fn overload(args: &BenchArgs) -> anyhow::Result<()> {
 
 /// One job submitted, watched to its end: the client's round trip in seconds.
 pub(crate) async fn round_trip(
-    client: &mut v1::job_service_client::JobServiceClient<jobmesh_runtime::auth::AuthChannel>,
+    client: &mut v1::job_service_client::JobServiceClient<jobmesh_auth::AuthChannel>,
     task: &str,
 ) -> anyhow::Result<f64> {
     let t0 = Instant::now();

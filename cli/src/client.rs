@@ -4,11 +4,11 @@ use std::collections::HashMap;
 use std::io::Write as _;
 
 use anyhow::{Context as _, anyhow, bail};
+use jobmesh_auth::{self as auth, AuthChannel};
 use jobmesh_proto::json::json_to_struct;
 use jobmesh_proto::v1::job_service_client::JobServiceClient;
 use jobmesh_proto::v1::task_service_client::TaskServiceClient;
 use jobmesh_proto::v1::{self, JobState};
-use jobmesh_runtime::auth::{self, AuthChannel};
 
 use crate::output;
 use crate::watch::{ViewArgs, WatchArgs};
@@ -32,7 +32,7 @@ pub(crate) struct GatewayAddr {
 
 impl GatewayAddr {
     pub(crate) fn channel(&self) -> anyhow::Result<AuthChannel> {
-        let channel = jobmesh_runtime::grpc::streaming_channel(&self.gateway)
+        let channel = jobmesh_runtime::client::streaming_channel(&self.gateway)
             .with_context(|| format!("bad gateway address {:?}", self.gateway))?;
         let token = match &self.token {
             Some(token) => Some(token.expose().to_owned()),

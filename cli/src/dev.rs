@@ -7,8 +7,8 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use jobmesh_auth as auth;
 use jobmesh_runtime::NatsConfig;
-use jobmesh_runtime::auth;
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct DevArgs {
@@ -260,7 +260,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
 /// Waits until the gateway answers health checks and job-store is reachable
 /// (at most 30 s).
 async fn wait_for(gateway: &str, token: Option<&str>) -> bool {
-    let Ok(channel) = jobmesh_runtime::grpc::channel(gateway) else {
+    let Ok(channel) = jobmesh_runtime::client::channel(gateway) else {
         return false;
     };
     let mut jobs = jobmesh_proto::v1::job_service_client::JobServiceClient::new(auth::with_token(

@@ -89,7 +89,7 @@ struct HealthcheckArgs {
 async fn healthcheck(args: HealthcheckArgs) -> anyhow::Result<()> {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
-    let channel = jobmesh_runtime::grpc::channel(&args.addr)?;
+    let channel = jobmesh_runtime::client::channel(&args.addr)?;
     let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
     let mut request = tonic::Request::new(HealthCheckRequest {
         service: args.service.clone(),

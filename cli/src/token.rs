@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use jobmesh_runtime::auth::{self, Minter, scope};
+use jobmesh_auth::{self as auth, Minter, scope};
 
 /// Tenant of the tokens `jobmesh dev` prints and the client commands mint.
 pub(crate) const DEV_TENANT: &str = "dev";

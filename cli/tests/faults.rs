@@ -338,7 +338,7 @@ async fn worker_dispatcher_link_cut_and_restored() -> anyhow::Result<()> {
 
 /// Whether the service at `url` says SERVING (for the whole server, `""`).
 async fn serving(url: &str) -> bool {
-    let Ok(channel) = jobmesh_runtime::grpc::channel(url) else {
+    let Ok(channel) = jobmesh_runtime::client::channel(url) else {
         return false;
     };
     let mut client = tonic_health::pb::health_client::HealthClient::new(channel);

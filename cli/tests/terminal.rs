@@ -7,9 +7,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use jobmesh_auth::scope;
 use jobmesh_proto::json::json_to_struct;
 use jobmesh_proto::v1::{self, JobState};
-use jobmesh_runtime::auth::scope;
 use jobmesh_tests::{Mesh, MeshOptions, TENANT, WorkerSpec};
 
 /// Longest a command may run before the test gives up on it (a hang guard, not

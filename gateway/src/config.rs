@@ -1,6 +1,6 @@
 //! gateway configuration.
 
-use jobmesh_runtime::auth::AuthConfig;
+use jobmesh_auth::AuthConfig;
 
 /// Settings of the gateway.
 #[derive(clap::Args, Clone, Debug)]

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use futures::future::{BoxFuture, FutureExt as _};
-use jobmesh_runtime::grpc::{HttpRequest, HttpResponse};
+use jobmesh_runtime::call::{HttpRequest, HttpResponse};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
@@ -327,7 +327,7 @@ where
             open.state.requests.fetch_add(1, Ordering::AcqRel);
             Request(Arc::clone(&open.state))
         });
-        let call = jobmesh_runtime::grpc::take_ready(&mut self.0).call(request);
+        let call = jobmesh_runtime::call::take_ready(&mut self.0).call(request);
         async move {
             let response = call.await?;
             Ok(match open {

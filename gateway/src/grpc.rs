@@ -9,14 +9,14 @@ use jobmesh_proto::internal::{
     job_store_service_client::JobStoreServiceClient,
 };
 use jobmesh_proto::v1::{self, job_service_server::JobService, task_service_server::TaskService};
-use jobmesh_runtime::grpc::Channel;
+use jobmesh_runtime::client::Channel;
 use jobmesh_runtime::grpc::forward;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use std::sync::Arc;
 
-use jobmesh_runtime::auth::{Authenticator, scope};
+use jobmesh_auth::{Authenticator, scope};
 
 use crate::limits::RateLimiter;
 use crate::validate;

@@ -41,7 +41,7 @@ pub enum RunError {
         source: tonic::transport::Error,
     },
     #[error("authentication")]
-    Auth(#[from] jobmesh_runtime::auth::SetupError),
+    Auth(#[from] jobmesh_auth::SetupError),
     #[error("metrics")]
     Metrics(#[source] std::io::Error),
     #[error("REST routes: {0}")]
@@ -84,7 +84,7 @@ pub async fn run(
         .map_err(|e| RunError::Rest(e.to_string()))?
         .with_ui(ui)
         .guarded(
-            jobmesh_runtime::auth::Authenticator::new(verifier.clone()),
+            jobmesh_auth::Authenticator::new(verifier.clone()),
             config.body_timeout(),
         );
     if verifier.is_none() {
@@ -100,12 +100,12 @@ pub async fn run(
             source,
         }
     };
-    let job_store = jobmesh_runtime::grpc::channel(&config.job_store_url)
+    let job_store = jobmesh_runtime::client::channel(&config.job_store_url)
         .map_err(url_error("job-store", &config.job_store_url))?
         .caller(GATEWAY);
     let job_store_streaming = pool::StreamPool::new(&config.job_store_url, config.max_streams)
         .map_err(url_error("job-store", &config.job_store_url))?;
-    let dispatcher = jobmesh_runtime::grpc::channel(&config.dispatcher_url)
+    let dispatcher = jobmesh_runtime::client::channel(&config.dispatcher_url)
         .map_err(url_error("dispatcher", &config.dispatcher_url))?
         .caller(GATEWAY);
     let gateway = grpc::Gateway {
@@ -114,7 +114,7 @@ pub async fn run(
         job_store_streaming,
         dispatcher: DispatcherServiceClient::new(dispatcher),
         shutdown: shutdown.clone(),
-        auth: jobmesh_runtime::auth::Authenticator::new(verifier.clone()),
+        auth: jobmesh_auth::Authenticator::new(verifier.clone()),
         tenant_claim: config.auth.auth_tenant_claim.clone(),
         submits: std::sync::Arc::new(limits::RateLimiter::new(
             config.submit_rate,
@@ -138,7 +138,7 @@ pub async fn run(
         ],
         vec![jobmesh_runtime::health::grpc_service(
             "job-store",
-            jobmesh_runtime::grpc::channel(&config.job_store_url)
+            jobmesh_runtime::client::channel(&config.job_store_url)
                 .map_err(url_error("job-store", &config.job_store_url))?,
         )],
         shutdown.clone(),
@@ -178,7 +178,7 @@ pub async fn run(
         .layer(limits::InflightLayer::new(
             calls(),
             streams,
-            jobmesh_runtime::auth::Authenticator::new(verifier),
+            jobmesh_auth::Authenticator::new(verifier),
             config.body_timeout(),
         ))
         .add_service(health_service)

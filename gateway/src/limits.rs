@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::future::{BoxFuture, FutureExt as _};
-use jobmesh_runtime::auth::Authenticator;
+use jobmesh_auth::Authenticator;
 use jobmesh_runtime::quote::quoted;
 use tonic::Status;
 
@@ -209,7 +209,7 @@ fn refused(message: String, reason: &str, metadata: &[(&str, String)]) -> Status
 
 /// The key a caller's places are counted under: its tenant (callers whose token
 /// names none share one key; their calls are refused further in).
-pub(crate) fn tenant_key(caller: &jobmesh_runtime::auth::Caller) -> &str {
+pub(crate) fn tenant_key(caller: &jobmesh_auth::Caller) -> &str {
     caller.tenant.as_deref().unwrap_or("")
 }
 
@@ -323,7 +323,7 @@ pub(crate) struct Inflight<S> {
     layer: InflightLayer,
 }
 
-use jobmesh_runtime::grpc::{HttpRequest, HttpResponse};
+use jobmesh_runtime::call::{HttpRequest, HttpResponse};
 
 /// Reads and drops what a refused caller is still sending (at most
 /// `DRAIN_LIMIT` bytes, for at most `DRAIN_WAIT`, one frame held at a time)
@@ -384,7 +384,7 @@ where
             ended: false,
         });
         let request = HttpRequest::from_parts(parts, body);
-        let mut inner = jobmesh_runtime::grpc::take_ready(&mut self.inner);
+        let mut inner = jobmesh_runtime::call::take_ready(&mut self.inner);
         let Some(caller) = caller else {
             return async move { inner.call(request).await }.boxed();
         };

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use jobmesh_proto::internal::job_store_service_client::JobStoreServiceClient;
-use jobmesh_runtime::grpc::{Channel, MAX_CONCURRENT_STREAMS, MAX_MESSAGE_BYTES};
+use jobmesh_runtime::client::Channel;
+use jobmesh_runtime::grpc::{MAX_CONCURRENT_STREAMS, MAX_MESSAGE_BYTES};
 use jobmesh_runtime::trace::services::GATEWAY;
 
 type Client = JobStoreServiceClient<Channel>;
@@ -36,7 +37,7 @@ impl StreamPool {
         let channels = (0..count)
             .map(|_| {
                 let client = JobStoreServiceClient::new(
-                    jobmesh_runtime::grpc::streaming_channel(url)?.caller(GATEWAY),
+                    jobmesh_runtime::client::streaming_channel(url)?.caller(GATEWAY),
                 )
                 .max_decoding_message_size(MAX_MESSAGE_BYTES);
                 Ok((client, Arc::new(AtomicUsize::new(0))))

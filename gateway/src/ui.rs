@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
-use jobmesh_runtime::grpc::HttpResponse;
+use jobmesh_runtime::call::HttpResponse;
 
 /// Where the dashboard lives.
 pub(crate) const PREFIX: &str = "/ui/";

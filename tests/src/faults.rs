@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
+use jobmesh_auth::AuthChannel;
 use jobmesh_proto::json::json_to_struct;
 use jobmesh_proto::v1::job_service_client::JobServiceClient;
 use jobmesh_proto::v1::{self};
-use jobmesh_runtime::auth::AuthChannel;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
@@ -331,13 +331,13 @@ impl Cluster {
             (free_port()?, free_port()?, free_port()?);
         let worker_link = Proxy::start(format!("127.0.0.1:{dispatcher_port}").parse()?).await?;
         let key_file = dir.join("signing.key");
-        jobmesh_runtime::auth::ensure_dev_key(&key_file)?;
-        let minter = jobmesh_runtime::auth::Minter::hs256_file(&key_file)?;
+        jobmesh_auth::ensure_dev_key(&key_file)?;
+        let minter = jobmesh_auth::Minter::hs256_file(&key_file)?;
         let mint = |tenant: Option<&str>, scopes: &[&str]| {
             minter.mint("faults", tenant, scopes, Duration::from_secs(24 * 3600))
         };
-        let token = mint(Some("faults"), &jobmesh_runtime::auth::scope::USER)?;
-        let worker_token = mint(None, &[jobmesh_runtime::auth::scope::WORKER])?;
+        let token = mint(Some("faults"), &jobmesh_auth::scope::USER)?;
+        let worker_token = mint(None, &[jobmesh_auth::scope::WORKER])?;
         let key_env = (
             "JOBMESH_AUTH_HS256_SECRET_FILE",
             key_file.display().to_string(),
@@ -514,11 +514,10 @@ impl Cluster {
     /// What the gateway says of workers, free slots and backlog, for failure
     /// messages.
     pub async fn tasks(&self) -> String {
-        let mut tasks =
-            v1::task_service_client::TaskServiceClient::new(jobmesh_runtime::auth::with_token(
-                jobmesh_runtime::grpc::channel(&self.gateway_url).expect("loopback url"),
-                Some(&self.token),
-            ));
+        let mut tasks = v1::task_service_client::TaskServiceClient::new(jobmesh_auth::with_token(
+            jobmesh_runtime::client::channel(&self.gateway_url).expect("loopback url"),
+            Some(&self.token),
+        ));
         match tasks.list_tasks(v1::ListTasksRequest {}).await {
             Ok(reply) => format!("{:?}", reply.into_inner().tasks),
             Err(status) => format!("ListTasks failed: {status:?}"),
@@ -526,8 +525,8 @@ impl Cluster {
     }
 
     pub fn jobs(&self) -> JobServiceClient<AuthChannel> {
-        JobServiceClient::new(jobmesh_runtime::auth::with_token(
-            jobmesh_runtime::grpc::channel(&self.gateway_url).expect("loopback url"),
+        JobServiceClient::new(jobmesh_auth::with_token(
+            jobmesh_runtime::client::channel(&self.gateway_url).expect("loopback url"),
             Some(&self.token),
         ))
     }

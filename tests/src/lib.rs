@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use jobmesh_auth::{self as auth, AuthChannel, Minter, scope};
 use jobmesh_proto::internal::job_store_service_client::JobStoreServiceClient;
 use jobmesh_proto::v1::job_service_client::JobServiceClient;
 use jobmesh_proto::v1::task_service_client::TaskServiceClient;
 use jobmesh_proto::v1::{self, JobState};
 use jobmesh_runtime::NatsConfig;
-use jobmesh_runtime::auth::{self, AuthChannel, Minter, scope};
-use jobmesh_runtime::grpc::Channel;
+use jobmesh_runtime::client::Channel;
 use jobmesh_worker::Handlers;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -391,7 +391,7 @@ impl Mesh {
 }
 
 fn channel(url: &str) -> Channel {
-    jobmesh_runtime::grpc::streaming_channel(url).expect("a valid loopback url")
+    jobmesh_runtime::client::streaming_channel(url).expect("a valid loopback url")
 }
 
 /// Whether `state` is `expected`, for readable assertions.

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use jobmesh_auth::scope;
 use jobmesh_proto::v1;
-use jobmesh_runtime::auth::scope;
 use jobmesh_tests::{Mesh, MeshOptions, TENANT};
 use tonic::Code;
 
@@ -65,7 +65,7 @@ async fn status_of(response: h2::client::ResponseFuture) -> anyhow::Result<Strin
 
 async fn healthy(mesh: &Mesh) -> anyhow::Result<bool> {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    let channel = jobmesh_runtime::grpc::channel(&mesh.gateway_url)?;
+    let channel = jobmesh_runtime::client::channel(&mesh.gateway_url)?;
     let mut request = tonic::Request::new(HealthCheckRequest {
         service: String::new(),
     });
@@ -279,7 +279,7 @@ async fn queued(mesh: &Mesh, token: &str) -> anyhow::Result<v1::Job> {
 
 /// Opens a watch of `job_id` and waits for its first message (the snapshot).
 async fn watching(
-    jobs: &mut v1::job_service_client::JobServiceClient<jobmesh_runtime::auth::AuthChannel>,
+    jobs: &mut v1::job_service_client::JobServiceClient<jobmesh_auth::AuthChannel>,
     job_id: &str,
 ) -> Result<tonic::Streaming<v1::WatchJobResponse>, tonic::Status> {
     let mut stream = jobs
@@ -658,11 +658,10 @@ async fn a_peer_that_stops_answering_pings_loses_its_connection_and_stream() -> 
     let job = queued(&mesh, &mine).await?;
     let link = SilentLink::start(address).await?;
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", link.address))?;
-    let mut through_link =
-        v1::job_service_client::JobServiceClient::new(jobmesh_runtime::auth::with_token(
-            jobmesh_runtime::grpc::Channel::new(endpoint.connect_lazy(), endpoint.uri().clone()),
-            Some(&mine),
-        ));
+    let mut through_link = v1::job_service_client::JobServiceClient::new(jobmesh_auth::with_token(
+        jobmesh_runtime::client::Channel::new(endpoint.connect_lazy(), endpoint.uri().clone()),
+        Some(&mine),
+    ));
     let _stream = watching(&mut through_link, &job.id).await?;
     // The tenant's one stream is taken.
     let refused = watching(&mut mesh.jobs(), &job.id)

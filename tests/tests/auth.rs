@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
+use jobmesh_auth::{self as auth, scope};
 use jobmesh_proto::v1::{self, connect_request, worker_service_client::WorkerServiceClient};
-use jobmesh_runtime::auth::{self, scope};
 use jobmesh_tests::http::request;
 use jobmesh_tests::{Mesh, MeshOptions, TENANT};
 use tonic::Code;
@@ -307,7 +307,7 @@ async fn workers_need_a_worker_token() -> anyhow::Result<()> {
             })),
         }])
     };
-    let channel = jobmesh_runtime::grpc::streaming_channel(&mesh.dispatcher_url)?;
+    let channel = jobmesh_runtime::client::streaming_channel(&mesh.dispatcher_url)?;
     for (token, code, message) in [
         (
             None,
@@ -633,7 +633,7 @@ async fn two_authorization_headers_are_refused() -> anyhow::Result<()> {
     let good = mesh.token(TENANT, &scope::USER);
     let bearer = format!("Bearer {good}");
     // gRPC: the same valid token twice is still two credentials.
-    let channel = jobmesh_runtime::grpc::channel(&mesh.gateway_url)?;
+    let channel = jobmesh_runtime::client::channel(&mesh.gateway_url)?;
     let mut jobs = v1::job_service_client::JobServiceClient::new(channel);
     let mut request = tonic::Request::new(v1::ListJobsRequest::default());
     for _ in 0..2 {

@@ -6,8 +6,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use jobmesh_auth::scope;
 use jobmesh_proto::v1;
-use jobmesh_runtime::auth::scope;
 use jobmesh_tests::{Mesh, MeshOptions, TENANT};
 use tonic::Code;
 use tonic_types::StatusExt as _;

@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use jobmesh_runtime::auth::scope;
+use jobmesh_auth::scope;
 use jobmesh_tests::{Mesh, MeshOptions, TENANT};
 
 /// The grpcurl to use: `$GRPCURL`, else `grpcurl` on PATH.

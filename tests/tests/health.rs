@@ -11,7 +11,7 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_says_not_serving_as_soon_as_shutdown_starts() -> anyhow::Result<()> {
     let mesh = Mesh::start(MeshOptions::default()).await?;
-    let channel = jobmesh_runtime::grpc::streaming_channel(&mesh.gateway_url)?;
+    let channel = jobmesh_runtime::client::streaming_channel(&mesh.gateway_url)?;
     let mut health = HealthClient::new(channel);
     let mut watch = health
         .watch(HealthCheckRequest {

@@ -5,8 +5,8 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use jobmesh_auth::scope;
 use jobmesh_proto::v1;
-use jobmesh_runtime::auth::scope;
 use jobmesh_tests::http::request;
 use jobmesh_tests::{Mesh, MeshOptions, TENANT};
 

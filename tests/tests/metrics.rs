@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use jobmesh_auth::scope;
 use jobmesh_proto::v1;
-use jobmesh_runtime::auth::scope;
 use jobmesh_tests::http::request;
 use jobmesh_tests::{Mesh, MeshOptions, TENANT};
 use tokio::net::TcpListener;
@@ -107,7 +107,7 @@ async fn counters_move_as_jobs_run_and_promtool_accepts_the_text() -> anyhow::Re
     let mut watched = 0;
     // A method the gateway does not serve: UNIMPLEMENTED, and labelled `unknown`
     // (a caller cannot add series by inventing paths).
-    let mut raw = tonic::client::Grpc::new(jobmesh_runtime::grpc::channel(&mesh.gateway_url)?);
+    let mut raw = tonic::client::Grpc::new(jobmesh_runtime::client::channel(&mesh.gateway_url)?);
     raw.ready().await?;
     // With a valid token: a caller without one is refused before any routing.
     let mut invented = tonic::Request::new(());

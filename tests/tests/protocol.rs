@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use jobmesh_auth::scope;
 use jobmesh_proto::v1::{self, ConnectResponse, JobState, connect_request, connect_response};
-use jobmesh_runtime::auth::scope;
 use jobmesh_tests::{Mesh, MeshOptions};
 use tokio::sync::mpsc;
 use tonic::Code;
@@ -37,10 +37,11 @@ async fn connect(
     slots: i32,
 ) -> anyhow::Result<(Outbound, Inbound, v1::WorkerWelcome)> {
     let token = mesh.token_without_tenant(&[scope::WORKER]);
-    let channel = jobmesh_runtime::grpc::streaming_channel(&mesh.dispatcher_url)?;
-    let mut client = v1::worker_service_client::WorkerServiceClient::new(
-        jobmesh_runtime::auth::with_token(channel, Some(&token)),
-    );
+    let channel = jobmesh_runtime::client::streaming_channel(&mesh.dispatcher_url)?;
+    let mut client = v1::worker_service_client::WorkerServiceClient::new(jobmesh_auth::with_token(
+        channel,
+        Some(&token),
+    ));
     let (out, out_rx) = mpsc::channel(64);
     send(
         &out,

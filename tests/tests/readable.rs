@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use jobmesh_auth::scope;
 use jobmesh_proto::internal::{AppendLogsRequest, JobAttempt, LogBatch, LogLine};
 use jobmesh_proto::v1::{self, JobState, LogStream, connect_request, connect_response};
-use jobmesh_runtime::auth::scope;
 use jobmesh_tests::http::request;
 use jobmesh_tests::{Mesh, MeshOptions, TENANT, WorkerSpec};
 use jobmesh_worker::Handlers;
@@ -66,10 +66,11 @@ async fn raw_worker(
     tonic::Streaming<v1::ConnectResponse>,
 )> {
     let token = mesh.token_without_tenant(&[scope::WORKER]);
-    let channel = jobmesh_runtime::grpc::streaming_channel(&mesh.dispatcher_url)?;
-    let mut client = v1::worker_service_client::WorkerServiceClient::new(
-        jobmesh_runtime::auth::with_token(channel, Some(&token)),
-    );
+    let channel = jobmesh_runtime::client::streaming_channel(&mesh.dispatcher_url)?;
+    let mut client = v1::worker_service_client::WorkerServiceClient::new(jobmesh_auth::with_token(
+        channel,
+        Some(&token),
+    ));
     let (out, out_rx) = tokio::sync::mpsc::channel(16);
     out.send(v1::ConnectRequest {
         message: Some(connect_request::Message::Hello(hello)),
@@ -809,9 +810,9 @@ async fn a_worker_describing_itself_badly_is_refused() -> anyhow::Result<()> {
             slots: 1,
             ..hello
         };
-        let channel = jobmesh_runtime::grpc::streaming_channel(&mesh.dispatcher_url)?;
+        let channel = jobmesh_runtime::client::streaming_channel(&mesh.dispatcher_url)?;
         let mut client = v1::worker_service_client::WorkerServiceClient::new(
-            jobmesh_runtime::auth::with_token(channel, Some(&worker)),
+            jobmesh_auth::with_token(channel, Some(&worker)),
         );
         let status = client
             .connect(futures::stream::iter([v1::ConnectRequest {

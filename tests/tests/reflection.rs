@@ -17,7 +17,7 @@ async fn reflection_v1_lists_services_and_health_reports_them() -> anyhow::Resul
         ..Default::default()
     })
     .await?;
-    let channel = jobmesh_runtime::grpc::channel(&mesh.gateway_url)?;
+    let channel = jobmesh_runtime::client::channel(&mesh.gateway_url)?;
 
     let mut reflection = ServerReflectionClient::new(channel.clone());
     let request = ServerReflectionRequest {

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use jobmesh_runtime::auth::scope;
+use jobmesh_auth::scope;
 use jobmesh_tests::http::{Reply, request};
 use jobmesh_tests::{Mesh, MeshOptions, TENANT, golden, normalised};
 use serde_json::json;

@@ -30,7 +30,11 @@ fn method() -> impl Strategy<Value = Method> {
 }
 
 /// A request to `path` with `body`, as the shim receives it.
-fn request(method: Method, path: &str, body: Vec<u8>) -> Option<super::HttpRequest> {
+fn request(
+    method: Method,
+    path: &str,
+    body: Vec<u8>,
+) -> Option<jobmesh_runtime::call::HttpRequest> {
     http::Request::builder()
         .method(method)
         .uri(path)
@@ -43,7 +47,10 @@ fn request(method: Method, path: &str, body: Vec<u8>) -> Option<super::HttpReque
 
 /// What the shim makes of a request: the message it would call with, or the
 /// HTTP status of its refusal.
-fn transcoded(table: &Table, request: super::HttpRequest) -> Result<DynamicMessage, StatusCode> {
+fn transcoded(
+    table: &Table,
+    request: jobmesh_runtime::call::HttpRequest,
+) -> Result<DynamicMessage, StatusCode> {
     let path = request.uri().path().to_owned();
     let Lookup::Found(route, bound) = table.lookup(request.method(), &path) else {
         return Err(StatusCode::NOT_FOUND);
@@ -52,7 +59,7 @@ fn transcoded(table: &Table, request: super::HttpRequest) -> Result<DynamicMessa
         .build()
         .expect("runtime");
     runtime
-        .block_on(super::transcode(route, bound, request))
+        .block_on(super::transcode::transcode(route, bound, request))
         .map(|(message, _)| message)
         .map_err(|refused| refused.http)
 }
@@ -159,7 +166,7 @@ proptest! {
     fn any_reply_bytes_become_json_or_an_error(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
         for name in ["jobmesh.v1.SubmitJobResponse", "jobmesh.v1.ListJobsResponse", "jobmesh.v1.ReadJobLogsResponse"] {
             let desc = table().routes[0].rpc.parent_pool().get_message_by_name(name).expect("message");
-            if let Ok(json) = super::to_json(&desc, &bytes) {
+            if let Ok(json) = super::json::to_json(&desc, &bytes) {
                 prop_assert!(serde_json::from_str::<serde_json::Value>(&json).is_ok(), "{}", json);
             }
         }

@@ -39,7 +39,7 @@ pub struct Config {
     pub ack_wait_ms: u64,
     /// How workers authenticate: a JWT with the `worker` scope, verified with these keys.
     #[command(flatten)]
-    pub auth: jobmesh_runtime::auth::AuthConfig,
+    pub auth: jobmesh_auth::AuthConfig,
     /// Where Prometheus metrics are served.
     #[command(flatten)]
     pub metrics: jobmesh_runtime::metrics::MetricsConfig,
@@ -54,7 +54,7 @@ impl Config {
             lease_ms: 15_000,
             max_log_lines_per_second: 10_000,
             ack_wait_ms: 30_000,
-            auth: jobmesh_runtime::auth::AuthConfig::insecure(),
+            auth: jobmesh_auth::AuthConfig::insecure(),
             metrics: jobmesh_runtime::metrics::MetricsConfig::default(),
         }
     }

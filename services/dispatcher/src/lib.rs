@@ -15,11 +15,11 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream;
+use jobmesh_auth::{Authenticator, scope};
 use jobmesh_proto::internal::dispatcher_service_server::DispatcherServiceServer;
 use jobmesh_proto::internal::job_store_service_client::JobStoreServiceClient;
 use jobmesh_proto::v1::worker_service_server::WorkerServiceServer;
-use jobmesh_runtime::auth::{Authenticator, scope};
-use jobmesh_runtime::grpc::Channel;
+use jobmesh_runtime::client::Channel;
 use jobmesh_runtime::grpc::{MAX_MESSAGE_BYTES, incoming};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -38,7 +38,7 @@ pub enum RunError {
         source: tonic::transport::Error,
     },
     #[error("worker authentication")]
-    Auth(#[from] jobmesh_runtime::auth::SetupError),
+    Auth(#[from] jobmesh_auth::SetupError),
     #[error("metrics")]
     Metrics(#[source] std::io::Error),
     #[error("grpc server")]
@@ -141,7 +141,7 @@ pub async fn run(
             message: e.to_string(),
         })?;
     let jetstream = jetstream::new(nats.clone());
-    let channel = jobmesh_runtime::grpc::channel(&config.job_store_url)
+    let channel = jobmesh_runtime::client::channel(&config.job_store_url)
         .map_err(|source| RunError::JobStoreUrl {
             url: config.job_store_url.clone(),
             source,
@@ -178,7 +178,7 @@ pub async fn run(
         .await;
     // SERVING only while NATS and job-store answer.
     let store_probe =
-        jobmesh_runtime::grpc::channel(&ctx.config.job_store_url).map_err(|source| {
+        jobmesh_runtime::client::channel(&ctx.config.job_store_url).map_err(|source| {
             RunError::JobStoreUrl {
                 url: ctx.config.job_store_url.clone(),
                 source,

@@ -69,7 +69,7 @@ const REDACTED: &str = "[redacted jobmesh token]";
 pub(crate) struct WorkerGrpc {
     pub(crate) ctx: Arc<Context>,
     /// Workers present a token with the `worker` scope.
-    pub(crate) auth: jobmesh_runtime::auth::Authenticator,
+    pub(crate) auth: jobmesh_auth::Authenticator,
 }
 
 type ConnectStream = Pin<Box<dyn Stream<Item = Result<ConnectResponse, Status>> + Send>>;

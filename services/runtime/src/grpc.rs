@@ -1,23 +1,20 @@
-//! gRPC settings shared by every service: one server builder, one client channel
-//! builder, and serving on an already-bound listener.
+//! gRPC settings shared by every service: one server builder and its layers,
+//! serving on an already-bound listener, and the deadline and trace context that
+//! internal calls carry on a caller's behalf. Channels to other services are in
+//! [`crate::client`].
 
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Endpoint, Server};
-
-pub use crate::metrics::MeteredChannel as Channel;
 
 /// Largest gRPC message any jobmesh service accepts or sends (4 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Streams a server lets one HTTP/2 connection carry at once.
 pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
-
-/// Default deadline of an internal call when the caller gives none.
-pub const INTERNAL_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A server builder with the settings every service uses and no layers: HTTP/2
 /// keepalive so that dead peers (a worker whose machine vanished) are noticed, and
@@ -53,47 +50,6 @@ pub fn server() -> Server<tower::layer::util::Stack<StandardLayers, tower::layer
 
 /// The response mapper installed by [`server`].
 pub type DecodeFix = fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>;
-
-/// A lazily-connecting channel to another jobmesh service (`http://host:port`).
-/// Connection failures surface as `UNAVAILABLE` on each call, and the channel
-/// reconnects by itself.
-pub fn channel(url: &str) -> Result<Channel, tonic::transport::Error> {
-    let endpoint = Endpoint::from_shared(normalise_url(url))?
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(INTERNAL_CALL_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true);
-    Ok(Channel::new(
-        endpoint.connect_lazy(),
-        endpoint.uri().clone(),
-    ))
-}
-
-/// A channel without a per-call timeout, for long-lived streams (watch, worker
-/// sessions).
-pub fn streaming_channel(url: &str) -> Result<Channel, tonic::transport::Error> {
-    let endpoint = Endpoint::from_shared(normalise_url(url))?
-        .connect_timeout(Duration::from_secs(3))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true);
-    Ok(Channel::new(
-        endpoint.connect_lazy(),
-        endpoint.uri().clone(),
-    ))
-}
-
-/// Accepts `host:port` as well as `http://host:port`.
-pub fn normalise_url(url: &str) -> String {
-    if url.contains("://") {
-        url.to_owned()
-    } else {
-        format!("http://{url}")
-    }
-}
 
 /// The stream of connections of an already-bound listener, for
 /// `Router::serve_with_incoming_shutdown`. `TCP_NODELAY` is set on every accepted
@@ -184,26 +140,6 @@ pub fn decode_errors_are_invalid_argument(
         headers.insert("grpc-status", http::HeaderValue::from_static("3"));
     }
     crate::errors::complete_response(response)
-}
-
-/// An HTTP request as tonic's server hands it to a layer.
-pub type HttpRequest = http::Request<tonic::body::Body>;
-/// An HTTP response as a layer hands it back to tonic's server.
-pub type HttpResponse = http::Response<tonic::body::Body>;
-
-/// Whether a request is gRPC (its content type is `application/grpc*`).
-pub fn is_grpc(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"))
-}
-
-/// The inner service a layer calls: the one `poll_ready` made ready, leaving a
-/// fresh clone in its place (tower's contract for cloned services).
-pub fn take_ready<S: Clone>(inner: &mut S) -> S {
-    let clone = inner.clone();
-    std::mem::replace(inner, clone)
 }
 
 #[cfg(test)]

@@ -118,7 +118,7 @@ pub fn nats(client: async_nats::Client) -> Dependency {
 }
 
 /// A probe of another jobmesh service: up while its health endpoint says SERVING.
-pub fn grpc_service(name: &'static str, channel: crate::grpc::Channel) -> Dependency {
+pub fn grpc_service(name: &'static str, channel: crate::client::Channel) -> Dependency {
     Dependency::new(name, move || {
         let mut client = tonic_health::pb::health_client::HealthClient::new(channel.clone());
         Box::pin(async move {

@@ -2,7 +2,8 @@
 //! gRPC server and client settings. Services depend on this crate, never on each
 //! other.
 
-pub mod auth;
+pub mod call;
+pub mod client;
 pub mod errors;
 pub mod grpc;
 pub mod health;

@@ -208,6 +208,36 @@ pub fn server_of(rpc_service: &str) -> &'static str {
     }
 }
 
+/// Services whose calls are the roots of traces (the public API a user calls).
+/// Only they start traces; every other call is traced only inside one (an
+/// internal call on a job's behalf): health probes, reflection, lease renewals
+/// and worker sessions would otherwise bury the jobs' traces under their own.
+pub fn starts_traces(service: &str) -> bool {
+    matches!(service, "jobmesh.v1.JobService" | "jobmesh.v1.TaskService")
+}
+
+/// Whether a call that ended with `code` marks its span as an error (OpenTelemetry's
+/// gRPC conventions): on the server only the codes that are its own fault
+/// (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS) —
+/// a NOT_FOUND or INVALID_ARGUMENT is the caller's, and Jaeger would show every
+/// refused request as a failure; on the client every code but OK.
+fn is_span_error(side: crate::call::Side, code: usize) -> bool {
+    match side {
+        crate::call::Side::Client => code != 0,
+        crate::call::Side::Server => matches!(code, 2 | 4 | 12 | 13 | 14 | 15),
+    }
+}
+
+/// Records the end of the call of `span` (a server or client span) with the
+/// gRPC status `code` (its number): `rpc.grpc.status_code`, and the span's
+/// status when the code is an error on that side.
+pub(crate) fn record_status(span: &tracing::Span, side: crate::call::Side, code: usize) {
+    span.record("rpc.grpc.status_code", code as i64);
+    if is_span_error(side, code) {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
 /// Marks a gRPC request that the gateway's REST shim made in-process for a REST
 /// call (a request extension): its span is `internal`, a child of the REST call's
 /// HTTP server span, rather than a second server span.
@@ -276,4 +306,31 @@ pub fn client_span(
     adopt(&span, parent);
     to_headers(&span.context(), headers);
     span
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::call::Side;
+
+    #[test]
+    fn only_server_faults_mark_server_spans_as_errors() {
+        for (code, server, client) in [
+            (0, false, false),
+            (3, false, true),
+            (5, false, true),
+            (7, false, true),
+            (8, false, true),
+            (9, false, true),
+            (2, true, true),
+            (4, true, true),
+            (12, true, true),
+            (13, true, true),
+            (14, true, true),
+            (15, true, true),
+        ] {
+            assert_eq!(is_span_error(Side::Server, code), server, "server {code}");
+            assert_eq!(is_span_error(Side::Client, code), client, "client {code}");
+        }
+    }
 }

@@ -32,7 +32,7 @@ pub struct Config {
     pub health_listen: Option<String>,
     /// Bearer token (a JWT with the `worker` scope) presented to the dispatcher.
     #[arg(long, env = "JOBMESH_WORKER_TOKEN", hide_env_values = true)]
-    pub token: Option<jobmesh_runtime::auth::Secret>,
+    pub token: Option<jobmesh_auth::Secret>,
     /// File holding the bearer token instead (re-read at every connection, so a
     /// rotated token is picked up on reconnect).
     #[arg(long, env = "JOBMESH_WORKER_TOKEN_FILE", conflicts_with = "token")]

@@ -142,7 +142,7 @@ async fn session(
     health: Option<&HealthReporter>,
 ) -> Result<(), Failure> {
     let fail = |welcomed, message: String| Failure { welcomed, message };
-    let channel = jobmesh_runtime::grpc::streaming_channel(&config.dispatcher_url)
+    let channel = jobmesh_runtime::client::streaming_channel(&config.dispatcher_url)
         .map_err(|e| fail(false, e.to_string()))?
         .caller(jobmesh_runtime::trace::services::WORKER);
     let token = match (&config.token, &config.token_file) {
@@ -157,7 +157,7 @@ async fn session(
     };
     let token = token.as_deref();
     let mut client =
-        WorkerServiceClient::with_interceptor(channel, jobmesh_runtime::auth::Bearer::new(token));
+        WorkerServiceClient::with_interceptor(channel, jobmesh_auth::Bearer::new(token));
     let (out, outbound) = outbound::Outbound::new(OUTBOUND_BUFFER);
     let hello = ConnectRequest {
         message: Some(connect_request::Message::Hello(WorkerHello {

@@ -1,4 +1,4 @@
-//! Token verification in `jobmesh_runtime::auth`, tested with real keys.
+//! Token verification in `jobmesh_auth`, tested with real keys.
 //!
 //! The fixtures in `tests/keys/` come from the `openssl` CLI (see the README there).
 //! The tests show that:
@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
-use jobmesh_runtime::auth::{AuthConfig, Minter, Refusal, SetupError, Verifier, scope};
+use jobmesh_auth::{AuthConfig, Minter, Refusal, SetupError, Verifier, scope};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, get_current_timestamp};
 use serde_json::{Value, json};
 

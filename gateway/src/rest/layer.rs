@@ -1,0 +1,80 @@
+//! The tower layer that puts the shim in front of the gRPC routes: gRPC requests
+//! pass, every other request is served as REST.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::future::{BoxFuture, FutureExt as _};
+use jobmesh_runtime::call::{HttpRequest, HttpResponse};
+use tonic::Status;
+
+use super::errors::status_response;
+use super::{Shim, deadline, serve};
+
+/// Installs the shim in front of the gRPC routes.
+#[derive(Clone)]
+pub(crate) struct RestLayer(Arc<Shim>);
+
+impl RestLayer {
+    pub(crate) fn new(shim: Shim) -> Self {
+        Self(Arc::new(shim))
+    }
+}
+
+impl<S> tower::Layer<S> for RestLayer {
+    type Service = Rest<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Rest {
+            inner,
+            shim: Arc::clone(&self.0),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Rest<S> {
+    inner: S,
+    shim: Arc<Shim>,
+}
+
+impl<S> tower::Service<HttpRequest> for Rest<S>
+where
+    S: tower::Service<HttpRequest, Response = HttpResponse, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<HttpResponse, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        let inner = jobmesh_runtime::call::take_ready(&mut self.inner);
+        if jobmesh_runtime::call::is_grpc(request.headers()) {
+            let mut inner = inner;
+            return inner.call(request).boxed();
+        }
+        let shim = Arc::clone(&self.shim);
+        let limit = deadline::answer_within(request.headers());
+        async move {
+            let handling = serve::handle(&shim, inner, request);
+            Ok(match limit {
+                Some(limit) => tokio::time::timeout(limit, handling)
+                    .await
+                    .unwrap_or_else(|_| {
+                        status_response(&Status::deadline_exceeded(
+                            "the call did not finish within its Grpc-Timeout",
+                        ))
+                    }),
+                None => handling.await,
+            })
+        }
+        .boxed()
+    }
+}
