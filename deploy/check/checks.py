@@ -413,8 +413,9 @@ def check_dockerfile() -> None:
 
 
 def described_metrics() -> set[str]:
-    """The metrics the services record: each is described in runtime's metrics.rs."""
-    text = (ROOT / "services/runtime/src/metrics.rs").read_text()
+    """The metrics the services record: each is described in runtime's recorder
+    (services/runtime/src/metrics/recorder.rs)."""
+    text = (ROOT / "services/runtime/src/metrics/recorder.rs").read_text()
     return set(re.findall(r'describe_(?:counter|gauge|histogram)!\(\s*"([a-z0-9_:]+)"', text))
 
 

@@ -65,6 +65,8 @@ pub struct Config {
     /// Where Prometheus metrics are served.
     #[command(flatten)]
     pub metrics: jobmesh_runtime::metrics::MetricsConfig,
+    #[command(flatten)]
+    pub shutdown: jobmesh_runtime::host::ShutdownConfig,
 }
 
 impl Config {
@@ -85,6 +87,7 @@ impl Config {
             ui_trace_url: None,
             connections: crate::connections::ConnectionConfig::default(),
             metrics: jobmesh_runtime::metrics::MetricsConfig::default(),
+            shutdown: jobmesh_runtime::host::ShutdownConfig::default(),
         }
     }
 

@@ -122,33 +122,24 @@ pub async fn run(
         )),
     };
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<JobServiceServer<grpc::Gateway>>()
-        .await;
-    health
-        .set_serving::<TaskServiceServer<grpc::Gateway>>()
-        .await;
-    // SERVING only while job-store answers (nothing works without it).
-    tokio::spawn(jobmesh_runtime::health::follow(
-        health.clone(),
-        vec![
-            jobmesh_proto::service_names::JOB_SERVICE.to_owned(),
-            jobmesh_proto::service_names::TASK_SERVICE.to_owned(),
-        ],
-        vec![jobmesh_runtime::health::grpc_service(
-            "job-store",
-            jobmesh_runtime::client::channel(&config.job_store_url)
-                .map_err(url_error("job-store", &config.job_store_url))?,
-        )],
+    let host = jobmesh_runtime::host::Host::new(
+        "gateway",
+        &PUBLIC_SERVICES,
+        &config.shutdown,
         shutdown.clone(),
-    ));
-    if let Some(listener) = jobmesh_runtime::metrics::bind(&config.metrics)
-        .await
-        .map_err(RunError::Metrics)?
-    {
-        tokio::spawn(jobmesh_runtime::metrics::serve(listener, shutdown.clone()));
-    }
+    )
+    .await;
+    // SERVING only while job-store answers (nothing works without it).
+    host.follow_health(vec![jobmesh_runtime::health::grpc_service(
+        "job-store",
+        jobmesh_runtime::client::channel(&config.job_store_url)
+            .map_err(url_error("job-store", &config.job_store_url))?,
+    )]);
+    host.serve_metrics(
+        jobmesh_runtime::metrics::bind(&config.metrics)
+            .await
+            .map_err(RunError::Metrics)?,
+    );
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
@@ -160,7 +151,6 @@ pub async fn run(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let address = listener.local_addr().ok();
     tracing::info!(?address, job_store = %config.job_store_url, dispatcher = %config.dispatcher_url, "gateway serving");
-    let stopping = shutdown.clone();
     // Outermost first: each request is counted as open on its connection (an
     // idle connection is closed); the REST shim sees every request and turns
     // REST ones into in-process gRPC calls, which then pass the in-flight and
@@ -168,33 +158,26 @@ pub async fn run(
     // 429, not a gRPC frame). The standard layers (metrics, decode errors) sit
     // inside the shim so that REST calls are recorded as the gRPC calls they
     // become.
-    config
+    let router = config
         .connections
-        .apply(jobmesh_runtime::grpc::builder())
+        .apply(jobmesh_runtime::server::builder())
         .accept_http1(true)
         .layer(connections::CountLayer)
         .layer(rest::RestLayer::new(shim))
-        .layer(jobmesh_runtime::grpc::standard_layers())
+        .layer(jobmesh_runtime::server::standard_layers())
         .layer(limits::InflightLayer::new(
             calls(),
             streams,
             jobmesh_auth::Authenticator::new(verifier),
             config.body_timeout(),
         ))
-        .add_service(health_service)
+        .add_service(host.health_service())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(jobs)
-        .add_service(tasks)
-        .serve_with_incoming_shutdown(
-            connections::incoming(listener, config.connections.clone()),
-            async move {
-                stopping.cancelled().await;
-                health
-                    .set_not_serving::<JobServiceServer<grpc::Gateway>>()
-                    .await;
-            },
-        )
+        .add_service(tasks);
+    let incoming = connections::incoming(listener, config.connections.clone());
+    host.serve(|stop| router.serve_with_incoming_shutdown(incoming, stop))
         .await?;
     tracing::info!("gateway stopped");
     Ok(())

@@ -43,6 +43,10 @@ pub struct Config {
     /// Where Prometheus metrics are served.
     #[command(flatten)]
     pub metrics: jobmesh_runtime::metrics::MetricsConfig,
+    #[command(flatten)]
+    pub shutdown: jobmesh_runtime::host::ShutdownConfig,
+    #[command(flatten)]
+    pub limits: jobmesh_runtime::server::LimitConfig,
 }
 
 impl Config {
@@ -56,6 +60,8 @@ impl Config {
             ack_wait_ms: 30_000,
             auth: jobmesh_auth::AuthConfig::insecure(),
             metrics: jobmesh_runtime::metrics::MetricsConfig::default(),
+            shutdown: jobmesh_runtime::host::ShutdownConfig::default(),
+            limits: jobmesh_runtime::server::LimitConfig::default(),
         }
     }
 

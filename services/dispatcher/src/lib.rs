@@ -150,52 +150,43 @@ pub async fn run(
     let job_store = JobStoreServiceClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let tracker = TaskTracker::new();
+    let host = jobmesh_runtime::host::Host::new(
+        "dispatcher",
+        &[
+            jobmesh_proto::service_names::WORKER_SERVICE,
+            jobmesh_proto::service_names::DISPATCHER_SERVICE,
+        ],
+        &config.shutdown,
+        shutdown.clone(),
+    )
+    .await;
+    // SERVING only while NATS and job-store answer.
+    let store_probe =
+        jobmesh_runtime::client::channel(&config.job_store_url).map_err(|source| {
+            RunError::JobStoreUrl {
+                url: config.job_store_url.clone(),
+                source,
+            }
+        })?;
     let ctx = Arc::new(Context {
         config,
         registry: registry::Registry::default(),
         nats: nats.clone(),
         jetstream,
         job_store,
-        tracker: tracker.clone(),
+        tracker: host.tracker(),
         consumers: Mutex::new(HashSet::new()),
         traces: Mutex::new(std::collections::HashMap::new()),
         shutdown: shutdown.clone(),
     });
-    tracker.spawn(keeper::renew_leases(Arc::clone(&ctx), shutdown.clone()));
-    tracker.spawn(keeper::cancellations(Arc::clone(&ctx), shutdown.clone()));
-    tracker.spawn(metrics::sample(Arc::clone(&ctx), shutdown.clone()));
-    if let Some(listener) = metrics_listener {
-        tracker.spawn(jobmesh_runtime::metrics::serve(listener, shutdown.clone()));
-    }
-
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<WorkerServiceServer<session::WorkerGrpc>>()
-        .await;
-    health
-        .set_serving::<DispatcherServiceServer<grpc::DispatcherGrpc>>()
-        .await;
-    // SERVING only while NATS and job-store answer.
-    let store_probe =
-        jobmesh_runtime::client::channel(&ctx.config.job_store_url).map_err(|source| {
-            RunError::JobStoreUrl {
-                url: ctx.config.job_store_url.clone(),
-                source,
-            }
-        })?;
-    tracker.spawn(jobmesh_runtime::health::follow(
-        health.clone(),
-        vec![
-            jobmesh_proto::service_names::WORKER_SERVICE.to_owned(),
-            jobmesh_proto::service_names::DISPATCHER_SERVICE.to_owned(),
-        ],
-        vec![
-            jobmesh_runtime::health::nats(ctx.nats.clone()),
-            jobmesh_runtime::health::grpc_service("job-store", store_probe),
-        ],
-        shutdown.clone(),
-    ));
+    host.spawn(keeper::renew_leases(Arc::clone(&ctx), shutdown.clone()));
+    host.spawn(keeper::cancellations(Arc::clone(&ctx), shutdown.clone()));
+    host.spawn(metrics::sample(Arc::clone(&ctx), shutdown.clone()));
+    host.serve_metrics(metrics_listener);
+    host.follow_health(vec![
+        jobmesh_runtime::health::nats(ctx.nats.clone()),
+        jobmesh_runtime::health::grpc_service("job-store", store_probe),
+    ]);
     let workers = WorkerServiceServer::new(session::WorkerGrpc {
         ctx: Arc::clone(&ctx),
         auth: Authenticator::new(worker_verifier).requiring(scope::WORKER),
@@ -207,20 +198,13 @@ pub async fn run(
     });
     let address = listener.local_addr().ok();
     tracing::info!(?address, job_store = %ctx.config.job_store_url, nats = %ctx.config.nats.redacted_url(), "dispatcher serving");
-    let stopping = shutdown.clone();
-    let result = jobmesh_runtime::grpc::server()
-        .add_service(health_service)
+    let router = jobmesh_runtime::server::internal(&ctx.config.limits)
+        .add_service(host.health_service())
         .add_service(workers)
-        .add_service(internal)
-        .serve_with_incoming_shutdown(incoming(listener), async move {
-            stopping.cancelled().await;
-            health
-                .set_not_serving::<WorkerServiceServer<session::WorkerGrpc>>()
-                .await;
-        })
+        .add_service(internal);
+    let result = host
+        .serve(|stop| router.serve_with_incoming_shutdown(incoming(listener), stop))
         .await;
-    tracker.close();
-    tracker.wait().await;
     let _ = nats.flush().await;
     tracing::info!(sessions = ctx.registry.sessions(), "dispatcher stopped");
     result.map_err(RunError::from)

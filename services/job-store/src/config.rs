@@ -43,6 +43,10 @@ pub struct Config {
     /// Where Prometheus metrics are served.
     #[command(flatten)]
     pub metrics: jobmesh_runtime::metrics::MetricsConfig,
+    #[command(flatten)]
+    pub shutdown: jobmesh_runtime::host::ShutdownConfig,
+    #[command(flatten)]
+    pub limits: jobmesh_runtime::server::LimitConfig,
 }
 
 /// A duration written as a number and a unit: `s`, `m`, `h` or `d`.
@@ -81,6 +85,8 @@ impl Config {
             max_log_bytes_per_job: 16 * 1024 * 1024,
             log_retention: Duration::from_secs(7 * 86_400),
             metrics: jobmesh_runtime::metrics::MetricsConfig::default(),
+            shutdown: jobmesh_runtime::host::ShutdownConfig::default(),
+            limits: jobmesh_runtime::server::LimitConfig::default(),
         }
     }
 

@@ -26,7 +26,6 @@ use jobmesh_runtime::grpc::{MAX_MESSAGE_BYTES, incoming};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use config::Config;
 pub use db::{SetupError, redact};
@@ -73,9 +72,15 @@ pub async fn run(
     let logs = logs::Logs::new(pool.clone(), events.clone(), config.max_log_bytes_per_job);
     let store = store::Store::new(pool.clone(), events, Arc::clone(&wakeup));
 
-    let tasks = TaskTracker::new();
-    let background = shutdown.child_token();
-    tasks.spawn(
+    let host = jobmesh_runtime::host::Host::new(
+        "job-store",
+        &[jobmesh_proto::service_names::JOB_STORE_SERVICE],
+        &config.shutdown,
+        shutdown.clone(),
+    )
+    .await;
+    let background = host.background();
+    host.spawn(
         outbox::Relay {
             pool: pool.clone(),
             jetstream,
@@ -85,49 +90,37 @@ pub async fn run(
         }
         .run(background.clone()),
     );
-    tasks.spawn(sweeper::run(
+    host.spawn(sweeper::run(
         store.clone(),
         config.sweep_interval(),
         config.cancel_grace(),
         background.clone(),
     ));
-    tasks.spawn(metrics::sample(pool.clone(), background.clone()));
-    tasks.spawn(logs::retention(
+    host.spawn(metrics::sample(pool.clone(), background.clone()));
+    host.spawn(logs::retention(
         logs.clone(),
         config.log_retention,
         background.clone(),
     ));
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<JobStoreServiceServer<grpc::JobStoreGrpc>>()
-        .await;
     // SERVING while PostgreSQL answers. NATS is reported but not required: jobs
     // are accepted into the outbox while it is away.
     let probe_pool = pool.clone();
-    tasks.spawn(jobmesh_runtime::health::follow(
-        health.clone(),
-        vec![jobmesh_proto::service_names::JOB_STORE_SERVICE.to_owned()],
-        vec![
-            jobmesh_runtime::health::Dependency::new("postgres", move || {
-                let pool = probe_pool.clone();
-                Box::pin(async move {
-                    match pool.get().await {
-                        Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
-                        Err(_) => false,
-                    }
-                })
-            }),
-            jobmesh_runtime::health::nats(client.clone()).optional(),
-        ],
-        shutdown.clone(),
-    ));
-    if let Some(listener) = metrics_listener {
-        tasks.spawn(jobmesh_runtime::metrics::serve(listener, shutdown.clone()));
-    }
-    tasks.close();
+    host.follow_health(vec![
+        jobmesh_runtime::health::Dependency::new("postgres", move || {
+            let pool = probe_pool.clone();
+            Box::pin(async move {
+                match pool.get().await {
+                    Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
+                    Err(_) => false,
+                }
+            })
+        }),
+        jobmesh_runtime::health::nats(client.clone()).optional(),
+    ]);
+    host.serve_metrics(metrics_listener);
     let creator = batch::Creator::start(store.clone(), background.clone());
     let resync = resync::Resync::default();
-    tokio::spawn(resync.clone().run(store.clone(), shutdown.clone()));
+    host.spawn(resync.clone().run(store.clone(), background.clone()));
     let service = JobStoreServiceServer::new(grpc::JobStoreGrpc {
         creator,
         store,
@@ -140,20 +133,12 @@ pub async fn run(
 
     let address = listener.local_addr().ok();
     tracing::info!(?address, database = %redact(&config.database_url), nats = %config.nats.redacted_url(), "job-store serving");
-    let stopping = shutdown.clone();
-    let health_on_stop = health.clone();
-    let result = jobmesh_runtime::grpc::server()
-        .add_service(health_service)
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming(listener), async move {
-            stopping.cancelled().await;
-            health_on_stop
-                .set_not_serving::<JobStoreServiceServer<grpc::JobStoreGrpc>>()
-                .await;
-        })
+    let router = jobmesh_runtime::server::internal(&config.limits)
+        .add_service(host.health_service())
+        .add_service(service);
+    let result = host
+        .serve(|stop| router.serve_with_incoming_shutdown(incoming(listener), stop))
         .await;
-    background.cancel();
-    tasks.wait().await;
     if let Err(error) = client.flush().await {
         tracing::debug!(%error, "final nats flush failed");
     }

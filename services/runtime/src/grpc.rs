@@ -1,13 +1,12 @@
-//! gRPC settings shared by every service: one server builder and its layers,
-//! serving on an already-bound listener, and the deadline and trace context that
-//! internal calls carry on a caller's behalf. Channels to other services are in
-//! [`crate::client`].
+//! gRPC limits shared by every service, serving on an already-bound listener,
+//! and the deadline and trace context that internal calls carry on a caller's
+//! behalf. How a server is built (its settings and middleware stack) is
+//! [`crate::server`]; channels to other services are [`crate::client`].
 
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 /// Largest gRPC message any jobmesh service accepts or sends (4 MiB).
@@ -15,41 +14,6 @@ pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Streams a server lets one HTTP/2 connection carry at once.
 pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
-
-/// A server builder with the settings every service uses and no layers: HTTP/2
-/// keepalive so that dead peers (a worker whose machine vanished) are noticed, and
-/// a bound on concurrent streams per connection. Services use [`server`]; the
-/// gateway puts its REST shim in front of [`standard_layers`].
-pub fn builder() -> Server {
-    Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-        .tcp_nodelay(true)
-        .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
-}
-
-/// The layers of every gRPC server, outermost first: metrics (so they record the
-/// code the client finally sees), then decode errors as `INVALID_ARGUMENT`.
-pub type StandardLayers = tower::layer::util::Stack<
-    tower::util::MapResponseLayer<DecodeFix>,
-    crate::metrics::GrpcMetricsLayer,
->;
-
-/// See [`StandardLayers`].
-pub fn standard_layers() -> StandardLayers {
-    tower::layer::util::Stack::new(
-        tower::util::MapResponseLayer::new(decode_errors_are_invalid_argument as DecodeFix),
-        crate::metrics::GrpcMetricsLayer,
-    )
-}
-
-/// [`builder`] with [`standard_layers`].
-pub fn server() -> Server<tower::layer::util::Stack<StandardLayers, tower::layer::util::Identity>> {
-    builder().layer(standard_layers())
-}
-
-/// The response mapper installed by [`server`].
-pub type DecodeFix = fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>;
 
 /// The stream of connections of an already-bound listener, for
 /// `Router::serve_with_incoming_shutdown`. `TCP_NODELAY` is set on every accepted
@@ -119,27 +83,6 @@ pub fn traced_in<T>(context: &opentelemetry::Context, message: T) -> tonic::Requ
     let mut request = tonic::Request::new(message);
     crate::trace::to_metadata(context, request.metadata_mut());
     request
-}
-
-/// tonic answers a request it cannot decode (bad wire format, nesting past prost's
-/// recursion limit) with `INTERNAL`; the fault is the caller's, so the answer is
-/// `INVALID_ARGUMENT`. Applied to every server with
-/// `tower::util::MapResponseLayer::new(decode_errors_are_invalid_argument)`.
-///
-/// It then gives every error its details ([`crate::errors::complete_response`]).
-pub fn decode_errors_are_invalid_argument(
-    mut response: http::Response<tonic::body::Body>,
-) -> http::Response<tonic::body::Body> {
-    let headers = response.headers_mut();
-    let internal = headers.get("grpc-status").is_some_and(|v| v == "13");
-    let decode = headers
-        .get("grpc-message")
-        .and_then(|m| m.to_str().ok())
-        .is_some_and(|m| m.starts_with("failed%20to%20decode"));
-    if internal && decode {
-        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
-    }
-    crate::errors::complete_response(response)
 }
 
 #[cfg(test)]

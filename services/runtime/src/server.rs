@@ -1,0 +1,254 @@
+//! How every jobmesh gRPC server is built: one set of settings ([`builder`]) and
+//! one middleware stack, described here outermost first — a request passes the
+//! layers top to bottom, its answer bottom to top.
+//!
+//! On the gateway (`jobmesh_gateway::run` adds the layers marked *gateway*):
+//!
+//! 1. *gateway* **connections**: counts each request as open on its connection,
+//!    so idle connections can be closed. Outermost: it must see every request.
+//! 2. *gateway* **REST**: a request that is not gRPC is transcoded and sent
+//!    in-process to the layers below as a gRPC call (its HTTP span is opened
+//!    here). Outside span and metrics, so a REST call is recorded as the gRPC
+//!    call it becomes, and refused like one by the limits below.
+//! 3. **span and metrics** ([`crate::metrics::GrpcMetricsLayer`]): the call's
+//!    server span and its `grpc_server_*` metrics. Outside everything that may
+//!    refuse a call, so refusals are traced and counted with the code the caller
+//!    finally sees.
+//! 4. **errors** ([`decode_errors_are_invalid_argument`]): a request tonic cannot
+//!    decode answers `INVALID_ARGUMENT`, not `INTERNAL`, and every error gets its
+//!    `google.rpc` details ([`crate::errors`]), whoever made it — a layer below,
+//!    tonic, a handler.
+//! 5. **in-flight cap and shedding**: a call over the cap is refused at once
+//!    (never queued, so an overload cannot build a backlog of calls whose
+//!    callers gave up). On the gateway, *gateway* `InflightLayer` also
+//!    authenticates, shares the cap between tenants and bounds open streams;
+//!    the internal services use [`ShedLayer`], one cap for all callers.
+//!
+//! Deadlines: tonic ends a call at the caller's `grpc-timeout`; internal calls
+//! carry the deadline of the call they are made for ([`crate::grpc::forward`])
+//! and at most [`crate::client::INTERNAL_CALL_TIMEOUT`] without one.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt as _};
+use tokio::sync::Semaphore;
+use tonic::Code;
+use tonic::transport::Server;
+
+use crate::call::{HttpRequest, HttpResponse, is_grpc, take_ready};
+use crate::grpc::MAX_CONCURRENT_STREAMS;
+
+/// A server builder with the settings every service uses and no layers: HTTP/2
+/// keepalive so that dead peers (a worker whose machine vanished) are noticed, and
+/// a bound on concurrent streams per connection.
+pub fn builder() -> Server {
+    Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .tcp_nodelay(true)
+        .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
+}
+
+/// Layers 3 and 4 of the stack, which every server has.
+pub type StandardLayers = tower::layer::util::Stack<
+    tower::util::MapResponseLayer<DecodeFix>,
+    crate::metrics::GrpcMetricsLayer,
+>;
+
+/// See [`StandardLayers`].
+pub fn standard_layers() -> StandardLayers {
+    tower::layer::util::Stack::new(
+        tower::util::MapResponseLayer::new(decode_errors_are_invalid_argument as DecodeFix),
+        crate::metrics::GrpcMetricsLayer,
+    )
+}
+
+/// The stack of an internal service (job-store, the dispatcher).
+pub type InternalLayers = tower::layer::util::Stack<ShedLayer, StandardLayers>;
+
+/// The server of an internal service: [`builder`] with span and metrics, errors,
+/// and at most `limits.max_inflight` calls in flight.
+pub fn internal(
+    limits: &LimitConfig,
+) -> Server<tower::layer::util::Stack<InternalLayers, tower::layer::util::Identity>> {
+    builder().layer(tower::layer::util::Stack::new(
+        ShedLayer::new(limits.max_inflight),
+        standard_layers(),
+    ))
+}
+
+/// The response mapper of layer 4.
+pub type DecodeFix = fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>;
+
+/// tonic answers a request it cannot decode (bad wire format, nesting past prost's
+/// recursion limit) with `INTERNAL`; the fault is the caller's, so the answer is
+/// `INVALID_ARGUMENT`. Applied to every server with
+/// `tower::util::MapResponseLayer::new(decode_errors_are_invalid_argument)`.
+///
+/// It then gives every error its details ([`crate::errors::complete_response`]).
+pub fn decode_errors_are_invalid_argument(
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let headers = response.headers_mut();
+    let internal = headers.get("grpc-status").is_some_and(|v| v == "13");
+    let decode = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .is_some_and(|m| m.starts_with("failed%20to%20decode"));
+    if internal && decode {
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+    }
+    crate::errors::complete_response(response)
+}
+
+/// How much an internal service takes on at once.
+#[derive(clap::Args, Clone, Debug)]
+pub struct LimitConfig {
+    /// Calls this service handles at once; a call beyond them is refused at once
+    /// with UNAVAILABLE (and a RetryInfo), never queued.
+    #[arg(long, env = "JOBMESH_MAX_INFLIGHT", default_value_t = 4096)]
+    pub max_inflight: usize,
+}
+
+impl Default for LimitConfig {
+    fn default() -> Self {
+        Self { max_inflight: 4096 }
+    }
+}
+
+/// Layer 5 of an internal service: at most `max` gRPC calls in flight (from the
+/// request to the response's head: a stream holds a place while its handler
+/// starts it, not for its whole life); the next is refused at once.
+#[derive(Clone, Debug)]
+pub struct ShedLayer {
+    permits: Arc<Semaphore>,
+    max: usize,
+}
+
+impl ShedLayer {
+    pub fn new(max: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for ShedLayer {
+    type Service = Shed<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Shed {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// See [`ShedLayer`].
+#[derive(Clone, Debug)]
+pub struct Shed<S> {
+    inner: S,
+    layer: ShedLayer,
+}
+
+impl<S> tower::Service<HttpRequest> for Shed<S>
+where
+    S: tower::Service<HttpRequest, Response = HttpResponse, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<HttpResponse, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        let mut inner = take_ready(&mut self.inner);
+        if !is_grpc(request.headers()) {
+            return inner.call(request).boxed();
+        }
+        let Ok(permit) = Arc::clone(&self.layer.permits).try_acquire_owned() else {
+            let refused = crate::errors::error(
+                Code::Unavailable,
+                format!(
+                    "this service is handling its limit of {} calls (--max-inflight); retry shortly",
+                    self.layer.max
+                ),
+                "SERVICE_OVERLOADED",
+                &[("limit", self.layer.max.to_string())],
+            );
+            return futures::future::ready(Ok(refused.into_http())).boxed();
+        };
+        async move {
+            let response = inner.call(request).await;
+            drop(permit);
+            response
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::{Layer as _, Service as _, ServiceExt as _};
+
+    fn grpc_request() -> HttpRequest {
+        http::Request::builder()
+            .uri("/jobmesh.internal.v1.JobStoreService/GetJob")
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .body(tonic::body::Body::empty())
+            .expect("request")
+    }
+
+    #[tokio::test]
+    async fn a_call_over_the_cap_is_refused_at_once_and_the_next_after_one_ends_passes() {
+        let (release, released) = tokio::sync::watch::channel(false);
+        let inner = tower::service_fn(move |_request: HttpRequest| {
+            let mut released = released.clone();
+            async move {
+                let _ = released.wait_for(|r| *r).await;
+                Ok::<_, Infallible>(http::Response::new(tonic::body::Body::empty()))
+            }
+        });
+        let mut service = ShedLayer::new(2).layer(inner);
+        let first = service.ready().await.expect("ready").call(grpc_request());
+        let second = service.ready().await.expect("ready").call(grpc_request());
+        let (first, second) = (tokio::spawn(first), tokio::spawn(second));
+        tokio::task::yield_now().await;
+        // The cap is taken: the third is refused without waiting.
+        let refused = tokio::time::timeout(
+            Duration::from_secs(1),
+            service.ready().await.expect("ready").call(grpc_request()),
+        )
+        .await
+        .expect("refused at once")
+        .expect("infallible");
+        let status = tonic::Status::from_header_map(refused.headers()).expect("a status");
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(
+            status.message().contains("--max-inflight"),
+            "{}",
+            status.message()
+        );
+        release.send(true).expect("release");
+        first.await.expect("join").expect("first");
+        second.await.expect("join").expect("second");
+        let passed = service
+            .ready()
+            .await
+            .expect("ready")
+            .call(grpc_request())
+            .await
+            .expect("infallible");
+        assert!(passed.headers().get("grpc-status").is_none(), "passed");
+    }
+}
