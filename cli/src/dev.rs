@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use jobmesh_auth as auth;
 use jobmesh_runtime::NatsConfig;
@@ -79,12 +78,6 @@ pub(crate) struct DevArgs {
     insecure_no_auth: bool,
 }
 
-async fn bind(address: &str, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(address).await.with_context(|| {
-        format!("cannot listen on {address} for {what} (another jobmesh running? change the --*-listen flags)")
-    })
-}
-
 pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let exec = args
         .exec
@@ -94,17 +87,17 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     let _telemetry = jobmesh_runtime::telemetry::init_mesh("jobmesh-dev");
     let shutdown = jobmesh_runtime::shutdown::on_signal();
-    let job_store_listener = bind(&args.job_store_listen, "job-store").await?;
-    let dispatcher_listener = bind(&args.dispatcher_listen, "dispatcher").await?;
-    let gateway_listener = bind(&args.listen, "the gateway").await?;
-    let job_store_url = format!("http://{}", job_store_listener.local_addr()?);
-    let dispatcher_url = format!("http://{}", dispatcher_listener.local_addr()?);
-    let gateway_addr = gateway_listener.local_addr()?;
-
-    // Services stop in reverse dependency order: the edge first, the store last.
-    let stop_store = CancellationToken::new();
-    let stop_dispatcher = CancellationToken::new();
-    let stop_edge = CancellationToken::new();
+    let listeners = jobmesh_mesh::Listeners::bind(
+        &args.job_store_listen,
+        &args.dispatcher_listen,
+        &args.listen,
+    )
+    .await
+    .context("another jobmesh running? change the --*-listen flags")?;
+    let urls = listeners.urls()?;
+    let job_store_url = urls.store.clone();
+    let dispatcher_url = urls.dispatcher.clone();
+    let gateway_addr = listeners.gateway.local_addr()?;
 
     // Authentication: the dev key (created on first use) unless switched off.
     let key_path = auth::dev_key_path();
@@ -139,11 +132,6 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         )
     };
 
-    let store = tokio::spawn(jobmesh_job_store::run(
-        jobmesh_job_store::Config::new(args.database_url.clone(), args.nats.clone()),
-        job_store_listener,
-        stop_store.clone(),
-    ));
     let mut dispatcher_config =
         jobmesh_dispatcher::Config::new(job_store_url.clone(), args.nats.clone());
     dispatcher_config.auth = auth_config.clone();
@@ -156,29 +144,27 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     // One endpoint for the whole process: the recorder is shared by its services.
     match TcpListener::bind(&args.metrics_listen).await {
         Ok(listener) => {
-            tokio::spawn(jobmesh_runtime::metrics::serve(listener, stop_edge.clone()));
+            tokio::spawn(jobmesh_runtime::metrics::serve(listener, shutdown.clone()));
         }
         Err(error) => {
             tracing::warn!(address = %args.metrics_listen, %error, "metrics not served: cannot listen");
         }
     }
-    let dispatcher = tokio::spawn(jobmesh_dispatcher::run(
-        dispatcher_config,
-        dispatcher_listener,
-        stop_dispatcher.clone(),
-    ));
-    let gateway = tokio::spawn(jobmesh_gateway::run(
-        gateway_config,
-        gateway_listener,
-        stop_edge.clone(),
-    ));
+    let mut mesh = jobmesh_mesh::Mesh::start(
+        jobmesh_mesh::Plan {
+            store: jobmesh_job_store::Config::new(args.database_url.clone(), args.nats.clone()),
+            dispatcher: dispatcher_config,
+            gateway: gateway_config,
+        },
+        listeners,
+    )?;
     let mut worker_config = jobmesh_worker::Config::new(dispatcher_url.clone());
     worker_config.slots = args.worker_slots;
     worker_config.worker_id = Some(format!("dev-worker-{}", std::process::id()));
     worker_config.shutdown_grace_ms = 5_000;
     worker_config.token = worker_token.as_deref().and_then(|t| t.parse().ok());
     worker_config.exec = args.exec.clone();
-    let worker = tokio::spawn(jobmesh_worker::run(worker_config, stop_edge.clone()));
+    mesh.add_worker(worker_config, None);
 
     let auth_lines = match &user_token {
         Some(token) => format!(
@@ -218,65 +204,22 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     );
     // Show the banner once the mesh answers (job-store creates the database and
     // the stream first); a store that fails to start ends the command instead.
-    let mut store = store;
-    let gateway_probe = gateway_addr.to_string();
-    let early = tokio::select! {
-        ready = wait_for(&gateway_probe, user_token.as_deref()) => {
+    let gateway_url = format!("http://{gateway_addr}");
+    let failed = tokio::select! {
+        ready = jobmesh_mesh::answers(&gateway_url, user_token.as_deref(), Duration::from_secs(30)) => {
             if ready {
                 println!("{banner}");
             } else {
                 tracing::warn!("the mesh did not answer within 30s; still waiting");
             }
-            None
+            tokio::select! {
+                _ = shutdown.cancelled() => None,
+                result = mesh.store_exit() => Some(result),
+            }
         }
-        result = &mut store => Some(result),
+        result = mesh.store_exit() => Some(result),
     };
-    let failed = match early {
-        Some(result) => Some(result),
-        None => tokio::select! {
-            _ = shutdown.cancelled() => None,
-            result = &mut store => Some(result),
-        },
-    };
-    stop_edge.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        let _ = worker.await;
-        let _ = gateway.await;
-    })
-    .await;
-    stop_dispatcher.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(10), dispatcher).await;
-    stop_store.cancel();
-    let outcome = match failed {
-        Some(result) => result,
-        None => tokio::time::timeout(Duration::from_secs(10), store)
-            .await
-            .context("job-store did not stop within 10s")?,
-    };
-    outcome.context("job-store task")?.context("job-store")?;
+    let stopped = mesh.stop().await;
+    failed.unwrap_or(stopped).context("job-store")?;
     Ok(())
-}
-
-/// Waits until the gateway answers health checks and job-store is reachable
-/// (at most 30 s).
-async fn wait_for(gateway: &str, token: Option<&str>) -> bool {
-    let Ok(channel) = jobmesh_runtime::client::channel(gateway) else {
-        return false;
-    };
-    let mut jobs = jobmesh_proto::v1::job_service_client::JobServiceClient::new(auth::with_token(
-        channel, token,
-    ));
-    for _ in 0..300 {
-        let probe = jobs
-            .list_jobs(jobmesh_proto::v1::ListJobsRequest {
-                page_size: 1,
-                ..Default::default()
-            })
-            .await;
-        if probe.is_ok() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
 }

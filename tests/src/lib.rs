@@ -16,9 +16,6 @@ use jobmesh_proto::v1::{self, JobState};
 use jobmesh_runtime::NatsConfig;
 use jobmesh_runtime::client::Channel;
 use jobmesh_worker::Handlers;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 pub mod faults;
 pub mod http;
@@ -85,13 +82,8 @@ pub struct Mesh {
     pub dispatcher_url: String,
     pub database: String,
     pub nats: NatsConfig,
-    edge: CancellationToken,
-    core: CancellationToken,
-    store_stop: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
-    store_task: Option<JoinHandle<Result<(), jobmesh_job_store::RunError>>>,
-    dispatcher: Option<(CancellationToken, JoinHandle<()>)>,
-    dispatcher_config: jobmesh_dispatcher::Config,
+    /// The services, assembled as `jobmesh dev` assembles them.
+    inner: jobmesh_mesh::Mesh,
     /// HS256 key that gateway and dispatcher verify tokens with.
     pub key_file: PathBuf,
     minter: Arc<Minter>,
@@ -99,24 +91,6 @@ pub struct Mesh {
 
 /// Tenant of the tokens [`Mesh::jobs`] and [`Mesh::tasks`] send.
 pub const TENANT: &str = "tenant-a";
-
-fn spawn_dispatcher(
-    config: jobmesh_dispatcher::Config,
-    listener: TcpListener,
-    stop: CancellationToken,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        if let Err(error) = jobmesh_dispatcher::run(config, listener, stop).await {
-            panic!("dispatcher failed: {:#}", anyhow::Error::from(error));
-        }
-    })
-}
-
-async fn listener() -> anyhow::Result<(TcpListener, String)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    Ok((listener, url))
-}
 
 /// Installs a test log subscriber once (`RUST_LOG`, default warnings).
 pub fn init_logs() {
@@ -138,12 +112,9 @@ impl Mesh {
             url: nats_server(),
             prefix: format!("t{}", &suffix[..16]),
         };
-        let (store_listener, job_store_url) = listener().await?;
-        let (dispatcher_listener, dispatcher_url) = listener().await?;
-        let (gateway_listener, gateway_url) = listener().await?;
-        let edge = CancellationToken::new();
-        let core = CancellationToken::new();
-        let store_stop = CancellationToken::new();
+        let listeners =
+            jobmesh_mesh::Listeners::bind("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0").await?;
+        let urls = listeners.urls()?;
         let key_file = std::env::temp_dir().join(format!("jobmesh-test-{suffix}.key"));
         auth::ensure_dev_key(&key_file).context("writing the mesh's signing key")?;
         let minter = Arc::new(Minter::hs256_file(&key_file)?);
@@ -154,46 +125,30 @@ impl Mesh {
             nats.clone(),
         );
         (options.store)(&mut store_config);
-        let store_task = tokio::spawn(jobmesh_job_store::run(
-            store_config,
-            store_listener,
-            store_stop.clone(),
-        ));
         let mut dispatcher_config =
-            jobmesh_dispatcher::Config::new(job_store_url.clone(), nats.clone());
+            jobmesh_dispatcher::Config::new(urls.store.clone(), nats.clone());
         dispatcher_config.lease_ms = options.lease_ms;
         dispatcher_config.auth = auth_config.clone();
         (options.dispatcher)(&mut dispatcher_config);
-        let mut tasks = Vec::new();
-        let dispatcher_stop = core.child_token();
-        let dispatcher = spawn_dispatcher(
-            dispatcher_config.clone(),
-            dispatcher_listener,
-            dispatcher_stop.clone(),
-        );
         let mut gateway_config =
-            jobmesh_gateway::Config::new(job_store_url.clone(), dispatcher_url.clone());
+            jobmesh_gateway::Config::new(urls.store.clone(), urls.dispatcher.clone());
         gateway_config.auth = auth_config;
         (options.gateway)(&mut gateway_config);
-        let stop = edge.clone();
-        tasks.push(tokio::spawn(async move {
-            if let Err(error) = jobmesh_gateway::run(gateway_config, gateway_listener, stop).await {
-                panic!("gateway failed: {:#}", anyhow::Error::from(error));
-            }
-        }));
+        let inner = jobmesh_mesh::Mesh::start(
+            jobmesh_mesh::Plan {
+                store: store_config,
+                dispatcher: dispatcher_config,
+                gateway: gateway_config,
+            },
+            listeners,
+        )?;
         let mut mesh = Mesh {
-            gateway_url,
-            job_store_url,
-            dispatcher_url,
+            gateway_url: urls.gateway,
+            job_store_url: urls.store,
+            dispatcher_url: urls.dispatcher,
             database,
             nats,
-            edge,
-            core,
-            store_stop,
-            tasks,
-            store_task: Some(store_task),
-            dispatcher: Some((dispatcher_stop, dispatcher)),
-            dispatcher_config,
+            inner,
             key_file,
             minter,
         };
@@ -215,36 +170,21 @@ impl Mesh {
                 .parse()
                 .unwrap_or_default(),
         );
-        let stop = self.edge.clone();
-        self.tasks.push(tokio::spawn(async move {
-            if let Err(error) = jobmesh_worker::run_with(config, spec.handlers, stop).await {
-                panic!("worker failed: {:#}", anyhow::Error::from(error));
-            }
-        }));
+        self.inner.add_worker(config, Some(spec.handlers));
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let mut jobs = self.jobs();
-        for _ in 0..300 {
-            if self.store_task.as_ref().is_some_and(|t| t.is_finished()) {
-                let result = self.store_task.take().context("store task")?.await?;
-                bail!(
-                    "job-store did not start: {}\n(PostgreSQL: `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`; NATS: `nats-server -js`)",
-                    result.err().map(|e| e.to_string()).unwrap_or_default()
-                );
+        let token = self.token(TENANT, &scope::USER);
+        tokio::select! {
+            ready = jobmesh_mesh::answers(&self.gateway_url, Some(&token), Duration::from_secs(30)) => {
+                anyhow::ensure!(ready, "the mesh did not become ready within 30s");
+                Ok(())
             }
-            let probe = jobs
-                .list_jobs(v1::ListJobsRequest {
-                    page_size: 1,
-                    ..Default::default()
-                })
-                .await;
-            if probe.is_ok() {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            ended = self.inner.store_exit() => bail!(
+                "job-store did not start: {}\n(PostgreSQL: `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`; NATS: `nats-server -js`)",
+                ended.err().map(|e| e.to_string()).unwrap_or_default()
+            ),
         }
-        bail!("the mesh did not become ready within 30s")
     }
 
     /// A token signed with the mesh's key, valid for an hour.
@@ -334,59 +274,45 @@ impl Mesh {
     /// their streams end), then starts a new one on the same address; workers
     /// reconnect by themselves.
     pub async fn restart_dispatcher(&mut self) -> anyhow::Result<()> {
-        if let Some((stop, task)) = self.dispatcher.take() {
-            stop.cancel();
-            tokio::time::timeout(Duration::from_secs(10), task)
-                .await
-                .context("dispatcher did not stop within 10s")??;
-        }
-        let address = self.dispatcher_url.trim_start_matches("http://").to_owned();
-        let listener = TcpListener::bind(&address)
-            .await
-            .with_context(|| format!("re-binding the dispatcher on {address}"))?;
-        let stop = self.core.child_token();
-        let task = spawn_dispatcher(self.dispatcher_config.clone(), listener, stop.clone());
-        self.dispatcher = Some((stop, task));
-        Ok(())
+        Ok(self.inner.restart_dispatcher().await?)
     }
 
     /// Stops every service (edge first), then drops the database and the stream.
-    pub async fn stop(mut self) {
-        self.edge.cancel();
-        self.core.cancel();
-        if let Some((_, task)) = self.dispatcher.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    pub async fn stop(self) {
+        let Mesh {
+            inner,
+            database,
+            nats,
+            key_file,
+            ..
+        } = self;
+        if let Err(error) = inner.stop().await {
+            tracing::warn!(%error, "job-store ended with an error");
         }
-        for task in self.tasks.drain(..) {
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
-        }
-        self.store_stop.cancel();
-        if let Some(task) = self.store_task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
-        }
-        self.cleanup().await;
-        let _ = std::fs::remove_file(&self.key_file);
+        cleanup(&database, &nats).await;
+        let _ = std::fs::remove_file(&key_file);
     }
+}
 
-    async fn cleanup(&self) {
-        if let Ok((client, connection)) = tokio_postgres::connect(
-            &format!("{}/postgres", postgres_server()),
-            tokio_postgres::NoTls,
-        )
-        .await
-        {
-            tokio::spawn(connection);
-            let _ = client
-                .batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                    self.database
-                ))
-                .await;
-        }
-        if let Ok(client) = async_nats::connect(&self.nats.url).await {
-            let js = async_nats::jetstream::new(client);
-            let _ = js.delete_stream(self.nats.stream_name()).await;
-        }
+/// Drops a mesh's database and its stream.
+async fn cleanup(database: &str, nats: &NatsConfig) {
+    if let Ok((client, connection)) = tokio_postgres::connect(
+        &format!("{}/postgres", postgres_server()),
+        tokio_postgres::NoTls,
+    )
+    .await
+    {
+        tokio::spawn(connection);
+        let _ = client
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                database
+            ))
+            .await;
+    }
+    if let Ok(client) = async_nats::connect(&nats.url).await {
+        let js = async_nats::jetstream::new(client);
+        let _ = js.delete_stream(nats.stream_name()).await;
     }
 }
 
