@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use futures::future::{BoxFuture, FutureExt as _};
-use jobmesh_runtime::call::{HttpRequest, HttpResponse};
+use jobmesh_runtime::call::{HttpRequest, HttpResponse, Intercept, Wrapped};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
@@ -290,14 +290,11 @@ impl AsyncWrite for Conn {
 pub(crate) struct CountLayer;
 
 impl<S> tower::Layer<S> for CountLayer {
-    type Service = Count<S>;
-    fn layer(&self, inner: S) -> Count<S> {
-        Count(inner)
+    type Service = Wrapped<CountLayer, S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Wrapped::new(self.clone(), inner)
     }
 }
-
-#[derive(Clone)]
-pub(crate) struct Count<S>(S);
 
 /// A request open on a connection, until dropped.
 struct Request(Arc<State>);
@@ -309,25 +306,21 @@ impl Drop for Request {
     }
 }
 
-impl<S> tower::Service<HttpRequest> for Count<S>
+impl<S> Intercept<S> for CountLayer
 where
     S: tower::Service<HttpRequest, Response = HttpResponse> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
-    type Response = HttpResponse;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<HttpResponse, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: HttpRequest) -> Self::Future {
+    fn intercept(
+        &self,
+        mut inner: S,
+        request: HttpRequest,
+    ) -> BoxFuture<'static, Result<HttpResponse, S::Error>> {
         let open = request.extensions().get::<Open>().map(|open| {
             open.state.requests.fetch_add(1, Ordering::AcqRel);
             Request(Arc::clone(&open.state))
         });
-        let call = jobmesh_runtime::call::take_ready(&mut self.0).call(request);
+        let call = inner.call(request);
         async move {
             let response = call.await?;
             Ok(match open {

@@ -308,22 +308,13 @@ impl http_body::Body for TimedBody {
 }
 
 impl<S> tower::Layer<S> for InflightLayer {
-    type Service = Inflight<S>;
+    type Service = Wrapped<InflightLayer, S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Inflight {
-            inner,
-            layer: self.clone(),
-        }
+        Wrapped::new(self.clone(), inner)
     }
 }
 
-#[derive(Clone)]
-pub(crate) struct Inflight<S> {
-    inner: S,
-    layer: InflightLayer,
-}
-
-use jobmesh_runtime::call::{HttpRequest, HttpResponse};
+use jobmesh_runtime::call::{HttpRequest, HttpResponse, Intercept, Wrapped};
 
 /// Reads and drops what a refused caller is still sending (at most
 /// `DRAIN_LIMIT` bytes, for at most `DRAIN_WAIT`, one frame held at a time)
@@ -345,21 +336,17 @@ pub(crate) async fn drain(body: tonic::body::Body) {
     let _ = tokio::time::timeout(DRAIN_WAIT, read).await;
 }
 
-impl<S> tower::Service<HttpRequest> for Inflight<S>
+impl<S> Intercept<S> for InflightLayer
 where
     S: tower::Service<HttpRequest, Response = HttpResponse> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
 {
-    type Response = HttpResponse;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<HttpResponse, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: HttpRequest) -> Self::Future {
+    fn intercept(
+        &self,
+        mut inner: S,
+        request: HttpRequest,
+    ) -> BoxFuture<'static, Result<HttpResponse, S::Error>> {
         let (parts, body) = request.into_parts();
         let path = parts.uri.path();
         let open = is_open_service(path);
@@ -371,12 +358,12 @@ where
             None
         } else {
             let metadata = tonic::metadata::MetadataMap::from_headers(parts.headers.clone());
-            match self.layer.auth.authenticate(&metadata) {
+            match self.auth.authenticate(&metadata) {
                 Ok(caller) => Some(caller),
                 Err(status) => return refuse(status, body),
             }
         };
-        let timeout = self.layer.body_timeout;
+        let timeout = self.body_timeout;
         let body = tonic::body::Body::new(TimedBody {
             inner: body,
             deadline: Box::pin(tokio::time::sleep(timeout)),
@@ -384,15 +371,10 @@ where
             ended: false,
         });
         let request = HttpRequest::from_parts(parts, body);
-        let mut inner = jobmesh_runtime::call::take_ready(&mut self.inner);
         let Some(caller) = caller else {
             return async move { inner.call(request).await }.boxed();
         };
-        let shares = if stream {
-            &self.layer.streams
-        } else {
-            &self.layer.calls
-        };
+        let shares = if stream { &self.streams } else { &self.calls };
         let share = match shares.take(tenant_key(&caller)) {
             Ok(share) => share,
             Err(status) => return refuse(status, request.into_body()),

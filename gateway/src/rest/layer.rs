@@ -3,10 +3,9 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use futures::future::{BoxFuture, FutureExt as _};
-use jobmesh_runtime::call::{HttpRequest, HttpResponse};
+use jobmesh_runtime::call::{HttpRequest, HttpResponse, Intercept, Wrapped};
 use tonic::Status;
 
 use super::errors::status_response;
@@ -23,22 +22,13 @@ impl RestLayer {
 }
 
 impl<S> tower::Layer<S> for RestLayer {
-    type Service = Rest<S>;
+    type Service = Wrapped<RestLayer, S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Rest {
-            inner,
-            shim: Arc::clone(&self.0),
-        }
+        Wrapped::new(self.clone(), inner)
     }
 }
 
-#[derive(Clone)]
-pub(crate) struct Rest<S> {
-    inner: S,
-    shim: Arc<Shim>,
-}
-
-impl<S> tower::Service<HttpRequest> for Rest<S>
+impl<S> Intercept<S> for RestLayer
 where
     S: tower::Service<HttpRequest, Response = HttpResponse, Error = Infallible>
         + Clone
@@ -46,21 +36,16 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    type Response = HttpResponse;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<HttpResponse, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: HttpRequest) -> Self::Future {
-        let inner = jobmesh_runtime::call::take_ready(&mut self.inner);
+    fn intercept(
+        &self,
+        inner: S,
+        request: HttpRequest,
+    ) -> BoxFuture<'static, Result<HttpResponse, Infallible>> {
         if jobmesh_runtime::call::is_grpc(request.headers()) {
             let mut inner = inner;
             return inner.call(request).boxed();
         }
-        let shim = Arc::clone(&self.shim);
+        let shim = Arc::clone(&self.0);
         let limit = deadline::answer_within(request.headers());
         async move {
             let handling = serve::handle(&shim, inner, request);

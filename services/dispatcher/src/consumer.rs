@@ -18,7 +18,7 @@ use jobmesh_runtime::grpc::traced_in;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use crate::Context;
+use crate::Dispatcher;
 
 /// Largest pull request, whatever the free capacity.
 const MAX_BATCH: usize = 256;
@@ -28,7 +28,7 @@ const PULL_EXPIRES: Duration = Duration::from_secs(5);
 /// delivered again.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
-pub(crate) async fn run(task: String, ctx: Arc<Context>, shutdown: CancellationToken) {
+pub(crate) async fn run(task: String, ctx: Arc<Dispatcher>, shutdown: CancellationToken) {
     let consumer = loop {
         match consumer(&ctx, &task).await {
             Ok(consumer) => break consumer,
@@ -97,7 +97,7 @@ pub(crate) async fn run(task: String, ctx: Arc<Context>, shutdown: CancellationT
 }
 
 async fn consumer(
-    ctx: &Context,
+    ctx: &Dispatcher,
     task: &str,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>, String> {
     let stream = jobmesh_runtime::nats::ensure_stream(&ctx.jetstream, &ctx.config.nats)
@@ -123,7 +123,7 @@ async fn consumer(
 
 /// Leases one queued attempt to a worker with a free slot and sends it the
 /// assignment, in a span of the job's trace (its context came in the message).
-async fn deliver(ctx: &Context, task: &str, message: jetstream::Message) {
+async fn deliver(ctx: &Dispatcher, task: &str, message: jetstream::Message) {
     let queued = match QueuedAttempt::decode(message.payload.clone()) {
         Ok(QueuedAttempt {
             attempt: Some(attempt),
@@ -169,7 +169,7 @@ async fn deliver(ctx: &Context, task: &str, message: jetstream::Message) {
 }
 
 async fn lease_and_assign(
-    ctx: &Context,
+    ctx: &Dispatcher,
     task: &str,
     message: jetstream::Message,
     queued: jobmesh_proto::internal::JobAttempt,
@@ -191,7 +191,7 @@ async fn lease_and_assign(
 
 /// Leases the attempt a slot was reserved for and sends it to the worker.
 async fn assign(
-    ctx: &Context,
+    ctx: &Dispatcher,
     message: jetstream::Message,
     queued: &jobmesh_proto::internal::JobAttempt,
     context: opentelemetry::Context,

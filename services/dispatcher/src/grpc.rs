@@ -1,4 +1,6 @@
-//! `jobmesh.internal.v1.DispatcherService`: the registry as the gateway sees it.
+//! The dispatcher's RPCs: `jobmesh.v1.WorkerService` (a worker's session, served
+//! by [`crate::session`]) and `jobmesh.internal.v1.DispatcherService` (the
+//! registry as the gateway sees it).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,10 +10,14 @@ use jobmesh_proto::internal::dispatcher_service_server::DispatcherService;
 use jobmesh_proto::internal::{
     ListTasksRequest, ListTasksResponse, ListWorkersRequest, ListWorkersResponse, TaskCapacity,
 };
+use jobmesh_proto::v1::ConnectRequest;
 use jobmesh_proto::v1::WorkerInfo;
-use tonic::{Request, Response, Status};
+use jobmesh_proto::v1::worker_service_server::WorkerService;
+use tonic::{Request, Response, Status, Streaming};
 
-use crate::Context;
+use crate::Dispatcher;
+use crate::error::Error;
+use crate::session;
 
 /// Most subjects read from the stream when computing queue depths.
 const MAX_SUBJECTS: usize = 10_000;
@@ -20,8 +26,29 @@ const MAX_SUBJECTS: usize = 10_000;
 const MAX_WORKERS_SHOWN: usize = 1000;
 const MAX_HELD_SHOWN: usize = 100;
 
+/// `jobmesh.v1.WorkerService`: workers connect here.
+pub(crate) struct WorkerGrpc {
+    pub(crate) ctx: Arc<Dispatcher>,
+    /// Workers present a token with the `worker` scope.
+    pub(crate) auth: jobmesh_auth::Authenticator,
+}
+
+#[tonic::async_trait]
+impl WorkerService for WorkerGrpc {
+    type ConnectStream = session::ConnectStream;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<ConnectRequest>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        self.auth.authenticate(request.metadata())?;
+        Ok(Response::new(session::open(&self.ctx, request).await?))
+    }
+}
+
+/// `jobmesh.internal.v1.DispatcherService`.
 pub(crate) struct DispatcherGrpc {
-    pub(crate) ctx: Arc<Context>,
+    pub(crate) ctx: Arc<Dispatcher>,
 }
 
 #[tonic::async_trait]
@@ -66,22 +93,22 @@ impl DispatcherService for DispatcherGrpc {
 
 /// Every task this dispatcher knows or JetStream holds messages for: connected
 /// workers, slots, free slots and messages waiting.
-pub(crate) async fn snapshot(ctx: &Context) -> Result<Vec<TaskCapacity>, Status> {
+pub(crate) async fn snapshot(ctx: &Dispatcher) -> Result<Vec<TaskCapacity>, Error> {
     let mut depths: BTreeMap<String, i64> = BTreeMap::new();
     let stream = ctx
         .jetstream
         .get_stream(ctx.config.nats.stream_name())
         .await
-        .map_err(|e| Status::unavailable(format!("jetstream unavailable: {e}")))?;
+        .map_err(|e| Error::JetStream(e.to_string()))?;
     let subjects = stream
         .info_with_subjects(ctx.config.nats.jobs_wildcard())
         .await
-        .map_err(|e| Status::unavailable(format!("jetstream unavailable: {e}")))?;
+        .map_err(|e| Error::JetStream(e.to_string()))?;
     let subjects: Vec<(String, usize)> = subjects
         .take(MAX_SUBJECTS)
         .try_collect()
         .await
-        .map_err(|e| Status::unavailable(format!("jetstream unavailable: {e}")))?;
+        .map_err(|e| Error::JetStream(e.to_string()))?;
     for (subject, count) in subjects {
         if let Some(task) = ctx.config.nats.task_of_subject(&subject) {
             depths.insert(task.to_owned(), i64::try_from(count).unwrap_or(i64::MAX));

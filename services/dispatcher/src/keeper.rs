@@ -10,14 +10,14 @@ use jobmesh_proto::internal::{CancelNotice, ExtendLeasesRequest, JobAttempt};
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::Context;
+use crate::Dispatcher;
 use crate::session::cancellation;
 
 /// Attempts renewed per call.
 const RENEW_BATCH: usize = 5_000;
 
 /// Renews leases every third of the lease.
-pub(crate) async fn renew_leases(ctx: Arc<Context>, shutdown: CancellationToken) {
+pub(crate) async fn renew_leases(ctx: Arc<Dispatcher>, shutdown: CancellationToken) {
     let lease = ctx.config.lease();
     let mut ticker = tokio::time::interval(lease / 3);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -56,7 +56,7 @@ pub(crate) async fn renew_leases(ctx: Arc<Context>, shutdown: CancellationToken)
 
 /// Forwards cancellation notices to the worker holding the attempt, if it is
 /// connected here.
-pub(crate) async fn cancellations(ctx: Arc<Context>, shutdown: CancellationToken) {
+pub(crate) async fn cancellations(ctx: Arc<Dispatcher>, shutdown: CancellationToken) {
     let subject = ctx.config.nats.cancel_subject();
     let mut subscriber = loop {
         match ctx.nats.subscribe(subject.clone()).await {
@@ -85,7 +85,7 @@ pub(crate) async fn cancellations(ctx: Arc<Context>, shutdown: CancellationToken
     }
 }
 
-fn stop(ctx: &Context, attempt: &JobAttempt, reason: &str, release: bool) {
+fn stop(ctx: &Dispatcher, attempt: &JobAttempt, reason: &str, release: bool) {
     let key = (attempt.job_id.clone(), attempt.attempt);
     if let Some((session, tx)) = ctx.registry.holder(&key) {
         tracing::info!(job_id = %attempt.job_id, attempt = attempt.attempt, reason, "telling the worker to stop");

@@ -5,6 +5,7 @@
 
 mod config;
 mod consumer;
+mod error;
 mod grpc;
 mod keeper;
 mod metrics;
@@ -48,8 +49,11 @@ pub enum RunError {
 /// Most attempts whose trace context a dispatcher keeps.
 const MAX_TRACED_ATTEMPTS: usize = 100_000;
 
-/// What the dispatcher's parts share.
-pub(crate) struct Context {
+/// The dispatcher itself, as its parts (consumers, worker sessions, the lease
+/// keeper, its RPCs) share it: its settings, the registry of connected workers,
+/// its NATS and job-store connections, the tasks it runs, the consumers it
+/// started and the trace contexts of the attempts it delivered.
+pub(crate) struct Dispatcher {
     config: Config,
     registry: registry::Registry,
     nats: async_nats::Client,
@@ -64,7 +68,7 @@ pub(crate) struct Context {
     shutdown: CancellationToken,
 }
 
-impl Context {
+impl Dispatcher {
     fn job_store(&self) -> JobStoreServiceClient<Channel> {
         self.job_store.clone()
     }
@@ -168,7 +172,7 @@ pub async fn run(
                 source,
             }
         })?;
-    let ctx = Arc::new(Context {
+    let ctx = Arc::new(Dispatcher {
         config,
         registry: registry::Registry::default(),
         nats: nats.clone(),
@@ -187,7 +191,7 @@ pub async fn run(
         jobmesh_runtime::health::nats(ctx.nats.clone()),
         jobmesh_runtime::health::grpc_service("job-store", store_probe),
     ]);
-    let workers = WorkerServiceServer::new(session::WorkerGrpc {
+    let workers = WorkerServiceServer::new(grpc::WorkerGrpc {
         ctx: Arc::clone(&ctx),
         auth: Authenticator::new(worker_verifier).requiring(scope::WORKER),
     })

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::Context;
+use crate::Dispatcher;
 
 /// How often the gauges are refreshed.
 const EVERY: Duration = Duration::from_secs(5);
 
-pub(crate) async fn sample(ctx: Arc<Context>, shutdown: CancellationToken) {
+pub(crate) async fn sample(ctx: Arc<Dispatcher>, shutdown: CancellationToken) {
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut tick = tokio::time::interval(EVERY);
     loop {

@@ -16,18 +16,18 @@ use jobmesh_proto::internal::{
     AppendLogsRequest, CompleteJobRequest, ConfirmCancelRequest, FailJobRequest, JobAttempt,
     LogBatch, LogLine, ReportProgressRequest,
 };
-use jobmesh_proto::v1::worker_service_server::WorkerService;
 use jobmesh_proto::v1::{
     ConnectRequest, ConnectResponse, JobCancellation, JobLog, JobLogsStored, ReportRefused,
     WorkerDrainStarted, WorkerHello, WorkerWelcome, connect_request, connect_response,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Code, Request, Status, Streaming};
 
 use jobmesh_runtime::grpc::traced_in;
 use jobmesh_runtime::quote::quoted;
 
-use crate::Context;
+use crate::Dispatcher;
+use crate::error::Error;
 use crate::registry::{About, LastSeen, SessionId};
 
 /// How long a new stream may take to send its hello.
@@ -66,41 +66,41 @@ const LOG_BATCH_BYTES: usize = 1024 * 1024;
 /// What replaces the worker's own token in a line.
 const REDACTED: &str = "[redacted jobmesh token]";
 
-pub(crate) struct WorkerGrpc {
-    pub(crate) ctx: Arc<Context>,
-    /// Workers present a token with the `worker` scope.
-    pub(crate) auth: jobmesh_auth::Authenticator,
-}
+/// The stream a worker reads.
+pub(crate) type ConnectStream = Pin<Box<dyn Stream<Item = Result<ConnectResponse, Status>> + Send>>;
 
-type ConnectStream = Pin<Box<dyn Stream<Item = Result<ConnectResponse, Status>> + Send>>;
-
-fn validate_hello(hello: &WorkerHello) -> Result<(), Status> {
+fn validate_hello(hello: &WorkerHello) -> Result<(), Error> {
+    let invalid = |field: &'static str, reason: String| Err(Error::Hello { field, reason });
     if hello.tasks.is_empty() {
-        return Err(Status::invalid_argument(
-            "hello.tasks: offer at least one task",
-        ));
+        return invalid("hello.tasks", "offer at least one task".to_owned());
     }
     if hello.tasks.len() > MAX_TASKS {
-        return Err(Status::invalid_argument(format!(
-            "hello.tasks: {} tasks exceed the limit of {MAX_TASKS}",
-            hello.tasks.len()
-        )));
+        return invalid(
+            "hello.tasks",
+            format!(
+                "{} tasks exceed the limit of {MAX_TASKS}",
+                hello.tasks.len()
+            ),
+        );
     }
     if let Some(bad) = hello
         .tasks
         .iter()
         .find(|t| !jobmesh_runtime::names::is_task_name(t))
     {
-        return Err(Status::invalid_argument(format!(
-            "hello.tasks: {} is not a task name (dot-separated segments of letters, digits, '_' or '-')",
-            quoted(bad)
-        )));
+        return invalid(
+            "hello.tasks",
+            format!(
+                "{} is not a task name (dot-separated segments of letters, digits, '_' or '-')",
+                quoted(bad)
+            ),
+        );
     }
     if !(1..=MAX_SLOTS).contains(&hello.slots) {
-        return Err(Status::invalid_argument(format!(
-            "hello.slots: {} is not between 1 and {MAX_SLOTS}",
-            hello.slots
-        )));
+        return invalid(
+            "hello.slots",
+            format!("{} is not between 1 and {MAX_SLOTS}", hello.slots),
+        );
     }
     for (field, value, max) in [
         ("hello.name", &hello.name, MAX_ABOUT),
@@ -108,17 +108,23 @@ fn validate_hello(hello: &WorkerHello) -> Result<(), Status> {
         ("hello.host", &hello.host, MAX_HOST),
     ] {
         if value.chars().count() > max {
-            return Err(Status::invalid_argument(format!(
-                "{field}: {} characters exceed the limit of {max}",
-                value.chars().count()
-            )));
+            return invalid(
+                field,
+                format!(
+                    "{} characters exceed the limit of {max}",
+                    value.chars().count()
+                ),
+            );
         }
     }
     if hello.labels.len() > MAX_LABELS {
-        return Err(Status::invalid_argument(format!(
-            "hello.labels: {} labels exceed the limit of {MAX_LABELS}",
-            hello.labels.len()
-        )));
+        return invalid(
+            "hello.labels",
+            format!(
+                "{} labels exceed the limit of {MAX_LABELS}",
+                hello.labels.len()
+            ),
+        );
     }
     for (key, value) in &hello.labels {
         let key_ok = (1..=MAX_LABEL_KEY).contains(&key.len())
@@ -126,16 +132,22 @@ fn validate_hello(hello: &WorkerHello) -> Result<(), Status> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b));
         if !key_ok {
-            return Err(Status::invalid_argument(format!(
-                "hello.labels: key {} must be 1 to {MAX_LABEL_KEY} letters, digits, '.', '_', '/' or '-'",
-                quoted(key)
-            )));
+            return invalid(
+                "hello.labels",
+                format!(
+                    "key {} must be 1 to {MAX_LABEL_KEY} letters, digits, '.', '_', '/' or '-'",
+                    quoted(key)
+                ),
+            );
         }
         if value.chars().count() > MAX_LABEL_VALUE {
-            return Err(Status::invalid_argument(format!(
-                "hello.labels: value of {} exceeds {MAX_LABEL_VALUE} characters",
-                quoted(key)
-            )));
+            return invalid(
+                "hello.labels",
+                format!(
+                    "value of {} exceeds {MAX_LABEL_VALUE} characters",
+                    quoted(key)
+                ),
+            );
         }
     }
     Ok(())
@@ -152,79 +164,70 @@ fn presented_token(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
     (token.len() >= 16).then(|| token.to_owned())
 }
 
-#[tonic::async_trait]
-impl WorkerService for WorkerGrpc {
-    type ConnectStream = ConnectStream;
-
-    async fn connect(
-        &self,
-        request: Request<Streaming<ConnectRequest>>,
-    ) -> Result<Response<Self::ConnectStream>, Status> {
-        self.auth.authenticate(request.metadata())?;
-        let token = presented_token(request.metadata());
-        let mut inbound = request.into_inner();
-        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
-            .await
-            .map_err(|_| {
-                Status::deadline_exceeded("no hello within 10s of opening the stream")
-            })??;
-        let hello = match first.and_then(|m| m.message) {
-            Some(connect_request::Message::Hello(hello)) => hello,
-            _ => {
-                return Err(Status::invalid_argument(
-                    "the first message of a Connect stream must be hello",
-                ));
-            }
+/// Opens the session of a worker that connected (and was authenticated): reads
+/// its hello, welcomes it, registers it, and serves it until it ends.
+pub(crate) async fn open(
+    ctx: &Arc<Dispatcher>,
+    request: Request<Streaming<ConnectRequest>>,
+) -> Result<ConnectStream, Error> {
+    let token = presented_token(request.metadata());
+    let mut inbound = request.into_inner();
+    let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+        .await
+        .map_err(|_| Error::NoHello(HELLO_TIMEOUT))?
+        .map_err(|status| Error::StreamBroke {
+            code: status.code(),
+            message: status.message().to_owned(),
+        })?;
+    let hello = match first.and_then(|m| m.message) {
+        Some(connect_request::Message::Hello(hello)) => hello,
+        _ => return Err(Error::FirstNotHello),
+    };
+    validate_hello(&hello)?;
+    let worker_id = if hello.worker_id.is_empty() {
+        format!("worker-{}", uuid::Uuid::new_v4().simple())
+    } else {
+        hello.worker_id.clone()
+    };
+    let slots = usize::try_from(hello.slots).unwrap_or(1);
+    // Room for one assignment per slot plus cancellations and the welcome.
+    let (tx, rx) = mpsc::channel(slots.min(1024) * 2 + 16);
+    let welcome = ConnectResponse {
+        message: Some(connect_response::Message::Welcome(WorkerWelcome {
+            worker_id: worker_id.clone(),
+            heartbeat_interval: prost_types::Duration::try_from(heartbeat_interval(ctx)).ok(),
+            log_window: LOG_WINDOW,
+            silence_limit: prost_types::Duration::try_from(ctx.config.lease()).ok(),
+        })),
+    };
+    tx.send(welcome).await.map_err(|_| Error::StreamClosed)?;
+    let about = About {
+        name: hello.name.clone(),
+        version: hello.version.clone(),
+        host: hello.host.clone(),
+        labels: hello.labels.clone().into_iter().collect(),
+    };
+    let (session, last_seen) = ctx.registry.register(
+        worker_id.clone(),
+        hello.tasks.clone(),
+        slots,
+        about,
+        tx.clone(),
+    );
+    ctx.ensure_consumers(&hello.tasks);
+    tracing::info!(worker_id, tasks = ?hello.tasks, slots, "worker connected");
+    let serving = Arc::clone(ctx);
+    let (end_tx, end_rx) = oneshot::channel();
+    ctx.tracker.spawn(async move {
+        let peer = Peer {
+            session,
+            last_seen,
+            token,
         };
-        validate_hello(&hello)?;
-        let worker_id = if hello.worker_id.is_empty() {
-            format!("worker-{}", uuid::Uuid::new_v4().simple())
-        } else {
-            hello.worker_id.clone()
-        };
-        let slots = usize::try_from(hello.slots).unwrap_or(1);
-        // Room for one assignment per slot plus cancellations and the welcome.
-        let (tx, rx) = mpsc::channel(slots.min(1024) * 2 + 16);
-        let welcome = ConnectResponse {
-            message: Some(connect_response::Message::Welcome(WorkerWelcome {
-                worker_id: worker_id.clone(),
-                heartbeat_interval: prost_types::Duration::try_from(heartbeat_interval(&self.ctx))
-                    .ok(),
-                log_window: LOG_WINDOW,
-                silence_limit: prost_types::Duration::try_from(self.ctx.config.lease()).ok(),
-            })),
-        };
-        tx.send(welcome)
-            .await
-            .map_err(|_| Status::unavailable("worker stream closed"))?;
-        let about = About {
-            name: hello.name.clone(),
-            version: hello.version.clone(),
-            host: hello.host.clone(),
-            labels: hello.labels.clone().into_iter().collect(),
-        };
-        let (session, last_seen) = self.ctx.registry.register(
-            worker_id.clone(),
-            hello.tasks.clone(),
-            slots,
-            about,
-            tx.clone(),
-        );
-        self.ctx.ensure_consumers(&hello.tasks);
-        tracing::info!(worker_id, tasks = ?hello.tasks, slots, "worker connected");
-        let ctx = Arc::clone(&self.ctx);
-        let (end_tx, end_rx) = oneshot::channel();
-        self.ctx.tracker.spawn(async move {
-            let peer = Peer {
-                session,
-                last_seen,
-                token,
-            };
-            let end = serve_session(&ctx, peer, &worker_id, inbound, tx, slots).await;
-            let _ = end_tx.send(end);
-        });
-        Ok(Response::new(outgoing(rx, end_rx)))
-    }
+        let end = serve_session(&serving, peer, &worker_id, inbound, tx, slots).await;
+        let _ = end_tx.send(end);
+    });
+    Ok(outgoing(rx, end_rx))
 }
 
 /// The stream a worker reads: every message sent to it, then, when its session
@@ -316,7 +319,7 @@ struct Peer {
 }
 
 async fn serve_session(
-    ctx: &Arc<Context>,
+    ctx: &Arc<Dispatcher>,
     peer: Peer,
     worker_id: &str,
     mut inbound: Streaming<ConnectRequest>,
@@ -396,15 +399,12 @@ async fn serve_session(
     let silence = ctx.config.lease();
     let end = loop {
         let message = tokio::select! {
-            _ = ctx.shutdown.cancelled() => break Some(Status::unavailable(
-                "the dispatcher is shutting down; connect again (to any dispatcher)",
-            )),
+            _ = ctx.shutdown.cancelled() => break Some(Error::ShuttingDown),
             _ = tokio::time::sleep(silence) => {
-                break Some(Status::deadline_exceeded(format!(
-                    "the worker sent nothing for {} ms (the silence limit); send a heartbeat at least every {} ms, busy or idle",
-                    silence.as_millis(),
-                    heartbeat_interval(ctx).as_millis()
-                )));
+                break Some(Error::Silent {
+                    silence,
+                    heartbeat: heartbeat_interval(ctx),
+                });
             }
             message = inbound.message() => message,
         };
@@ -439,10 +439,7 @@ async fn serve_session(
                     // the worker does not read its own stream (acknowledgements
                     // wait for it): past a lease, the session ends like a silent one.
                     let Ok(Ok(permit)) = permit else {
-                        break Some(Status::unavailable(format!(
-                            "the worker's reports could not be handled for {} ms (job-store unavailable, or the worker does not read its stream)",
-                            silence.as_millis()
-                        )));
+                        break Some(Error::Stuck(silence));
                     };
                     let item = LaneItem {
                         message,
@@ -450,7 +447,7 @@ async fn serve_session(
                         permit,
                     };
                     if lanes[lane].send(item).is_err() {
-                        break Some(Status::internal("a report lane stopped; connect again"));
+                        break Some(Error::LaneStopped);
                     }
                 }
                 None => match message {
@@ -466,17 +463,17 @@ async fn serve_session(
             Ok(Some(ConnectRequest { message: None })) => {}
             Ok(None) => break None,
             Err(status) => {
-                break Some(Status::new(
-                    status.code(),
-                    format!("the worker's stream broke: {}", status.message()),
-                ));
+                break Some(Error::StreamBroke {
+                    code: status.code(),
+                    message: status.message().to_owned(),
+                });
             }
         }
     };
-    let reason = end
-        .as_ref()
-        .map_or("the worker closed its stream", |status| status.message())
-        .to_owned();
+    let reason = end.as_ref().map_or_else(
+        || "the worker closed its stream".to_owned(),
+        Error::to_string,
+    );
     // Let the reports already received reach job-store before releasing the rest.
     drop(lanes);
     lane_tasks.wait().await;
@@ -491,7 +488,7 @@ async fn serve_session(
         )
         .await;
     }
-    end
+    end.map(Status::from)
 }
 
 /// The answer to a worker's drain.
@@ -565,7 +562,7 @@ fn attempt_of(message: &connect_request::Message) -> i32 {
     }
 }
 
-fn heartbeat_interval(ctx: &Context) -> Duration {
+fn heartbeat_interval(ctx: &Dispatcher) -> Duration {
     (ctx.config.lease() / 3).min(MAX_HEARTBEAT_INTERVAL)
 }
 
@@ -585,7 +582,7 @@ fn truncate(mut s: String) -> String {
 }
 
 async fn handle(
-    ctx: &Context,
+    ctx: &Dispatcher,
     session: SessionId,
     tx: &mpsc::Sender<ConnectResponse>,
     message: connect_request::Message,
@@ -812,7 +809,7 @@ impl LogBuffer {
     /// counted): a worker speaks only for what it was given.
     fn push(
         &mut self,
-        ctx: &Context,
+        ctx: &Dispatcher,
         session: SessionId,
         log: JobLog,
         received: SystemTime,
@@ -864,7 +861,7 @@ impl LogBuffer {
     /// other stale report.
     async fn flush(
         &mut self,
-        ctx: &Context,
+        ctx: &Dispatcher,
         session: SessionId,
         tx: &mpsc::Sender<ConnectResponse>,
     ) {
@@ -915,7 +912,7 @@ impl LogBuffer {
 
     async fn store(
         &mut self,
-        ctx: &Context,
+        ctx: &Dispatcher,
         session: SessionId,
         tx: &mpsc::Sender<ConnectResponse>,
     ) {
@@ -997,7 +994,7 @@ pub(crate) fn cancellation(job_id: &str, attempt: i32, reason: &str) -> ConnectR
 }
 
 /// Fails an attempt as retryable on behalf of a worker that can no longer report.
-pub(crate) async fn fail_attempt(ctx: &Context, attempt: &JobAttempt, message: &str) {
+pub(crate) async fn fail_attempt(ctx: &Dispatcher, attempt: &JobAttempt, message: &str) {
     let request = FailJobRequest {
         attempt: Some(attempt.clone()),
         message: message.to_owned(),

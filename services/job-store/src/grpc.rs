@@ -1,7 +1,6 @@
-//! `jobmesh.internal.v1.JobStoreService`: converts requests to domain calls and
-//! results back to proto.
+//! `jobmesh.internal.v1.JobStoreService`: each RPC as a domain call, its request
+//! and answer converted at the edge ([`crate::convert`]).
 
-use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
@@ -17,10 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use crate::convert::{self, attempt, duration, job_id};
 use crate::error::Error;
 use crate::feeds;
 use crate::logs::{self, Logs, MAX_APPEND_BYTES, MAX_APPEND_LINES, MAX_LINE_CHARS};
-use crate::model::{Job, NewJob, RetryPolicy, State};
+use crate::model::{Job, NewJob};
 use crate::store::{ListFilter, Store};
 
 /// Messages buffered per watcher before the watcher is considered slow (it then
@@ -34,16 +34,6 @@ pub(crate) struct JobStoreGrpc {
     /// Open watches, re-read together in case an event was lost.
     pub(crate) resync: crate::resync::Resync,
     pub(crate) shutdown: CancellationToken,
-}
-
-fn job_id(field: &'static str, value: &str) -> Result<Uuid, Error> {
-    Uuid::parse_str(value).map_err(|_| Error::InvalidArgument {
-        field,
-        reason: format!(
-            "{} is not a job id (a UUID)",
-            jobmesh_runtime::quote::quoted(value)
-        ),
-    })
 }
 
 /// Largest result a job may store (encoded).
@@ -75,37 +65,8 @@ fn json_without_nul(value: serde_json::Value) -> serde_json::Value {
     }
 }
 
-fn attempt(value: Option<JobAttempt>) -> Result<(Uuid, i32), Error> {
-    let value = value.ok_or(Error::InvalidArgument {
-        field: "attempt",
-        reason: "missing".to_owned(),
-    })?;
-    let id = job_id("attempt.job_id", &value.job_id)?;
-    jobmesh_runtime::trace::record_job(&value.job_id, None, Some(value.attempt));
-    Ok((id, value.attempt))
-}
-
-fn duration(value: Option<prost_types::Duration>) -> Option<Duration> {
-    value.and_then(|d| Duration::try_from(d).ok())
-}
-
 fn job(job: &Job) -> Option<v1::Job> {
     Some(v1::Job::from(job))
-}
-
-fn retry_policy(p: Option<v1::RetryPolicy>) -> RetryPolicy {
-    let default = RetryPolicy::default();
-    let Some(p) = p else { return default };
-    RetryPolicy {
-        initial_backoff: duration(p.initial_backoff).unwrap_or(default.initial_backoff),
-        max_backoff: duration(p.max_backoff).unwrap_or(default.max_backoff),
-        multiplier: if p.multiplier > 0.0 {
-            p.multiplier
-        } else {
-            default.multiplier
-        },
-        jitter: p.jitter.clamp(0.0, 1.0),
-    }
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchJobResponse, Status>> + Send>>;
@@ -117,19 +78,9 @@ impl JobStoreService for JobStoreGrpc {
         request: Request<pb::CreateJobRequest>,
     ) -> Result<Response<pb::CreateJobResponse>, Status> {
         let r = request.into_inner();
-        let new = NewJob {
-            tenant: r.tenant,
-            task: r.task,
-            args: r.args.as_ref().map(struct_to_json).unwrap_or_default(),
-            idempotency_key: (!r.idempotency_key.is_empty()).then_some(r.idempotency_key),
-            labels: r.labels.into_iter().collect::<BTreeMap<_, _>>(),
-            priority: r.priority,
-            max_attempts: r.max_attempts.max(1),
-            timeout: duration(r.timeout),
-            schedule_time: r.schedule_time.and_then(|t| SystemTime::try_from(t).ok()),
-            retry: retry_policy(r.retry_policy),
-            traceparent: jobmesh_runtime::trace::to_traceparent(&jobmesh_runtime::trace::current()),
-        };
+        let mut new = NewJob::from(r);
+        new.traceparent =
+            jobmesh_runtime::trace::to_traceparent(&jobmesh_runtime::trace::current());
         // What a resubmission with the same key must repeat (kept only when a
         // key is given).
         let asked = new
@@ -173,7 +124,7 @@ impl JobStoreService for JobStoreGrpc {
         let r = request.into_inner();
         let filter = ListFilter {
             task: (!r.task.is_empty()).then(|| r.task.clone()),
-            state: State::from_proto(r.state()),
+            state: convert::state_of(r.state()),
             labels: r
                 .labels
                 .iter()
@@ -240,7 +191,7 @@ impl JobStoreService for JobStoreGrpc {
             counts: counts
                 .into_iter()
                 .map(|(state, count)| v1::StateCount {
-                    state: state.to_proto().into(),
+                    state: v1::JobState::from(state).into(),
                     count,
                     at_least: count >= limit,
                 })

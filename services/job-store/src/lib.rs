@@ -5,6 +5,7 @@
 
 mod batch;
 mod config;
+mod convert;
 mod db;
 mod error;
 mod events;

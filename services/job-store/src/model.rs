@@ -1,10 +1,9 @@
-//! Domain types of job-store and their conversions from rows and to proto.
+//! Domain types of job-store and how they are read from rows (proto is at the
+//! edge: [`crate::convert`]).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use jobmesh_proto::json::json_to_struct;
-use jobmesh_proto::v1;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -53,27 +52,6 @@ impl State {
 
     pub(crate) fn is_terminal(self) -> bool {
         matches!(self, State::Succeeded | State::Failed | State::Cancelled)
-    }
-
-    pub(crate) fn from_proto(state: v1::JobState) -> Option<Self> {
-        match state {
-            v1::JobState::Unspecified => None,
-            v1::JobState::Queued => Some(State::Queued),
-            v1::JobState::Running => Some(State::Running),
-            v1::JobState::Succeeded => Some(State::Succeeded),
-            v1::JobState::Failed => Some(State::Failed),
-            v1::JobState::Cancelled => Some(State::Cancelled),
-        }
-    }
-
-    pub(crate) fn to_proto(self) -> v1::JobState {
-        match self {
-            State::Queued => v1::JobState::Queued,
-            State::Running => v1::JobState::Running,
-            State::Succeeded => v1::JobState::Succeeded,
-            State::Failed => v1::JobState::Failed,
-            State::Cancelled => v1::JobState::Cancelled,
-        }
     }
 }
 
@@ -233,66 +211,6 @@ impl TryFrom<&Row> for Job {
                 .as_deref()
                 .and_then(trace_id_of),
         })
-    }
-}
-
-fn duration_to_proto(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
-    }
-}
-
-fn object(value: &serde_json::Value) -> prost_types::Struct {
-    match value {
-        serde_json::Value::Object(map) => json_to_struct(map),
-        _ => prost_types::Struct::default(),
-    }
-}
-
-impl From<&Job> for v1::Job {
-    fn from(job: &Job) -> Self {
-        v1::Job {
-            id: job.id.to_string(),
-            task: job.task.clone(),
-            args: Some(object(&job.args)),
-            state: job.state.to_proto() as i32,
-            progress: Some(v1::Progress {
-                percent: job.progress_percent,
-                message: job.progress_message.clone(),
-            }),
-            result: job.result.as_ref().map(object),
-            error: job.error.as_ref().map(|e| v1::JobError {
-                message: e.message.clone(),
-                retryable: e.retryable,
-                attempt: e.attempt,
-            }),
-            attempt: job.attempt,
-            max_attempts: job.max_attempts,
-            labels: job
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            cancel_requested: job.cancel_requested,
-            create_time: Some(job.create_time.into()),
-            start_time: job.start_time.map(Into::into),
-            finish_time: job.finish_time.map(Into::into),
-            version: job.version,
-            priority: job.priority,
-            timeout: job.timeout.map(duration_to_proto),
-            schedule_time: job.schedule_time.map(Into::into),
-            idempotency_key: job.idempotency_key.clone().unwrap_or_default(),
-            update_time: Some(job.update_time.into()),
-            retry_policy: Some(v1::RetryPolicy {
-                initial_backoff: Some(duration_to_proto(job.retry.initial_backoff)),
-                max_backoff: Some(duration_to_proto(job.retry.max_backoff)),
-                multiplier: job.retry.multiplier,
-                jitter: job.retry.jitter,
-            }),
-            worker_id: job.worker_id.clone().unwrap_or_default(),
-            trace_id: job.trace_id.clone().unwrap_or_default(),
-        }
     }
 }
 

@@ -28,3 +28,52 @@ pub enum Side {
     Server,
     Client,
 }
+
+/// What a layer does with one request, given the inner service (made ready, as
+/// tower's contract for cloned services wants) to pass it on to. [`Wrapped`] is
+/// the tower plumbing around it, written once for every layer of the stack.
+pub trait Intercept<S>: Clone + Send + 'static
+where
+    S: tower::Service<HttpRequest, Response = HttpResponse>,
+{
+    fn intercept(
+        &self,
+        inner: S,
+        request: HttpRequest,
+    ) -> futures::future::BoxFuture<'static, Result<HttpResponse, S::Error>>;
+}
+
+/// The layer `L` in front of the service `S`.
+#[derive(Clone, Debug)]
+pub struct Wrapped<L, S> {
+    layer: L,
+    inner: S,
+}
+
+impl<L, S> Wrapped<L, S> {
+    pub fn new(layer: L, inner: S) -> Self {
+        Self { layer, inner }
+    }
+}
+
+impl<L, S> tower::Service<HttpRequest> for Wrapped<L, S>
+where
+    L: Intercept<S>,
+    S: tower::Service<HttpRequest, Response = HttpResponse> + Clone + Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<HttpResponse, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        let inner = take_ready(&mut self.inner);
+        self.layer.intercept(inner, request)
+    }
+}

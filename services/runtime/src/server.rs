@@ -30,7 +30,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt as _};
@@ -38,7 +37,7 @@ use tokio::sync::Semaphore;
 use tonic::Code;
 use tonic::transport::Server;
 
-use crate::call::{HttpRequest, HttpResponse, is_grpc, take_ready};
+use crate::call::{HttpRequest, HttpResponse, Intercept, Wrapped, is_grpc};
 use crate::grpc::MAX_CONCURRENT_STREAMS;
 
 /// A server builder with the settings every service uses and no layers: HTTP/2
@@ -138,23 +137,13 @@ impl ShedLayer {
 }
 
 impl<S> tower::Layer<S> for ShedLayer {
-    type Service = Shed<S>;
+    type Service = Wrapped<ShedLayer, S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Shed {
-            inner,
-            layer: self.clone(),
-        }
+        Wrapped::new(self.clone(), inner)
     }
 }
 
-/// See [`ShedLayer`].
-#[derive(Clone, Debug)]
-pub struct Shed<S> {
-    inner: S,
-    layer: ShedLayer,
-}
-
-impl<S> tower::Service<HttpRequest> for Shed<S>
+impl<S> Intercept<S> for ShedLayer
 where
     S: tower::Service<HttpRequest, Response = HttpResponse, Error = Infallible>
         + Clone
@@ -162,28 +151,23 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    type Response = HttpResponse;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<HttpResponse, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: HttpRequest) -> Self::Future {
-        let mut inner = take_ready(&mut self.inner);
+    fn intercept(
+        &self,
+        mut inner: S,
+        request: HttpRequest,
+    ) -> BoxFuture<'static, Result<HttpResponse, S::Error>> {
         if !is_grpc(request.headers()) {
             return inner.call(request).boxed();
         }
-        let Ok(permit) = Arc::clone(&self.layer.permits).try_acquire_owned() else {
+        let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
             let refused = crate::errors::error(
                 Code::Unavailable,
                 format!(
                     "this service is handling its limit of {} calls (--max-inflight); retry shortly",
-                    self.layer.max
+                    self.max
                 ),
                 "SERVICE_OVERLOADED",
-                &[("limit", self.layer.max.to_string())],
+                &[("limit", self.max.to_string())],
             );
             return futures::future::ready(Ok(refused.into_http())).boxed();
         };

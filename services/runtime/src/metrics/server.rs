@@ -1,7 +1,6 @@
 //! The server layer: every gRPC call's metrics and its server span.
 
 use std::convert::Infallible;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use futures::future::{BoxFuture, FutureExt as _};
@@ -10,7 +9,7 @@ use tracing::Instrument as _;
 use super::body::{Call, MeteredBody};
 use super::handle;
 use super::rpc::Method;
-use crate::call::{HttpRequest, HttpResponse, Side, is_grpc, take_ready};
+use crate::call::{HttpRequest, HttpResponse, Intercept, Side, Wrapped, is_grpc};
 
 /// Records the gRPC server metrics of every call (gRPC requests only: REST calls
 /// are recorded as the gRPC calls the shim makes for them).
@@ -18,19 +17,14 @@ use crate::call::{HttpRequest, HttpResponse, Side, is_grpc, take_ready};
 pub struct GrpcMetricsLayer;
 
 impl<S> tower::Layer<S> for GrpcMetricsLayer {
-    type Service = GrpcMetrics<S>;
+    type Service = Wrapped<GrpcMetricsLayer, S>;
     fn layer(&self, inner: S) -> Self::Service {
         let _ = handle();
-        GrpcMetrics { inner }
+        Wrapped::new(*self, inner)
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct GrpcMetrics<S> {
-    inner: S,
-}
-
-impl<S> tower::Service<HttpRequest> for GrpcMetrics<S>
+impl<S> Intercept<S> for GrpcMetricsLayer
 where
     S: tower::Service<HttpRequest, Response = HttpResponse, Error = Infallible>
         + Clone
@@ -38,16 +32,11 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    type Response = HttpResponse;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<HttpResponse, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: HttpRequest) -> Self::Future {
-        let mut inner = take_ready(&mut self.inner);
+    fn intercept(
+        &self,
+        mut inner: S,
+        request: HttpRequest,
+    ) -> BoxFuture<'static, Result<HttpResponse, S::Error>> {
         if !is_grpc(request.headers()) {
             return inner.call(request).boxed();
         }
