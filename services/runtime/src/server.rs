@@ -22,7 +22,9 @@
 //!    (never queued, so an overload cannot build a backlog of calls whose
 //!    callers gave up). On the gateway, *gateway* `InflightLayer` also
 //!    authenticates, shares the cap between tenants and bounds open streams;
-//!    the internal services use [`ShedLayer`], one cap for all callers.
+//!    the internal services use [`ShedLayer`], one cap for all callers, which
+//!    also bounds how long a handler may take (`--call-timeout-ms`), whatever
+//!    deadline the caller sent or did not send.
 //!
 //! Deadlines: tonic ends a call at the caller's `grpc-timeout`; internal calls
 //! carry the deadline of the call they are made for ([`crate::grpc::forward`])
@@ -74,7 +76,10 @@ pub fn internal(
     limits: &LimitConfig,
 ) -> Server<tower::layer::util::Stack<InternalLayers, tower::layer::util::Identity>> {
     builder().layer(tower::layer::util::Stack::new(
-        ShedLayer::new(limits.max_inflight),
+        ShedLayer::new(
+            limits.max_inflight,
+            Duration::from_millis(limits.call_timeout_ms),
+        ),
         standard_layers(),
     ))
 }
@@ -103,35 +108,45 @@ pub fn decode_errors_are_invalid_argument(
     crate::errors::complete_response(response)
 }
 
-/// How much an internal service takes on at once.
+/// How much an internal service takes on at once, and for how long.
 #[derive(clap::Args, Clone, Debug)]
 pub struct LimitConfig {
     /// Calls this service handles at once; a call beyond them is refused at once
     /// with UNAVAILABLE (and a RetryInfo), never queued.
     #[arg(long, env = "JOBMESH_MAX_INFLIGHT", default_value_t = 4096)]
     pub max_inflight: usize,
+    /// Longest a call's handler may take to answer (a stream: to start) before
+    /// the call ends with DEADLINE_EXCEEDED (in ms).
+    #[arg(long, env = "JOBMESH_CALL_TIMEOUT_MS", default_value_t = 30_000)]
+    pub call_timeout_ms: u64,
 }
 
 impl Default for LimitConfig {
     fn default() -> Self {
-        Self { max_inflight: 4096 }
+        Self {
+            max_inflight: 4096,
+            call_timeout_ms: 30_000,
+        }
     }
 }
 
 /// Layer 5 of an internal service: at most `max` gRPC calls in flight (from the
 /// request to the response's head: a stream holds a place while its handler
-/// starts it, not for its whole life); the next is refused at once.
+/// starts it, not for its whole life); the next is refused at once. A handler
+/// that has not answered within `timeout` ends its call with DEADLINE_EXCEEDED.
 #[derive(Clone, Debug)]
 pub struct ShedLayer {
     permits: Arc<Semaphore>,
     max: usize,
+    timeout: Duration,
 }
 
 impl ShedLayer {
-    pub fn new(max: usize) -> Self {
+    pub fn new(max: usize, timeout: Duration) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(max)),
             max,
+            timeout,
         }
     }
 }
@@ -171,8 +186,22 @@ where
             );
             return futures::future::ready(Ok(refused.into_http())).boxed();
         };
+        let timeout = self.timeout;
         async move {
-            let response = inner.call(request).await;
+            let response = tokio::time::timeout(timeout, inner.call(request))
+                .await
+                .unwrap_or_else(|_| {
+                    Ok(crate::errors::error(
+                        Code::DeadlineExceeded,
+                        format!(
+                            "the call was not answered within {} ms (--call-timeout-ms)",
+                            timeout.as_millis()
+                        ),
+                        "CALL_TIMEOUT",
+                        &[("timeout_ms", timeout.as_millis().to_string())],
+                    )
+                    .into_http())
+                });
             drop(permit);
             response
         }
@@ -203,7 +232,7 @@ mod tests {
                 Ok::<_, Infallible>(http::Response::new(tonic::body::Body::empty()))
             }
         });
-        let mut service = ShedLayer::new(2).layer(inner);
+        let mut service = ShedLayer::new(2, Duration::from_secs(30)).layer(inner);
         let first = service.ready().await.expect("ready").call(grpc_request());
         let second = service.ready().await.expect("ready").call(grpc_request());
         let (first, second) = (tokio::spawn(first), tokio::spawn(second));
@@ -234,5 +263,36 @@ mod tests {
             .await
             .expect("infallible");
         assert!(passed.headers().get("grpc-status").is_none(), "passed");
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_does_not_answer_in_time_ends_its_call_and_frees_its_place() {
+        let inner = tower::service_fn(|_request: HttpRequest| async {
+            std::future::pending::<Result<HttpResponse, Infallible>>().await
+        });
+        let mut service = ShedLayer::new(1, Duration::from_millis(50)).layer(inner);
+        for _ in 0..2 {
+            let started = std::time::Instant::now();
+            let answer = service
+                .ready()
+                .await
+                .expect("ready")
+                .call(grpc_request())
+                .await
+                .expect("infallible");
+            let status = tonic::Status::from_header_map(answer.headers()).expect("a status");
+            assert_eq!(
+                status.code(),
+                Code::DeadlineExceeded,
+                "{}",
+                status.message()
+            );
+            assert!(
+                status.message().contains("--call-timeout-ms"),
+                "{}",
+                status.message()
+            );
+            assert!(started.elapsed() < Duration::from_secs(5));
+        }
     }
 }
