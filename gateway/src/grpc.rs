@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use jobmesh_auth::{Authenticator, scope};
 
+use crate::error::{Error, upstream};
 use crate::limits::RateLimiter;
 use crate::validate;
 
@@ -45,20 +46,6 @@ impl Gateway {
         let caller = self.auth.authenticate(request.metadata())?;
         caller.require(wanted)?;
         Ok(caller.tenant(&self.tenant_claim)?.to_owned())
-    }
-}
-
-/// Internal failures reach the client with their code; a dependency that cannot be
-/// reached says which one.
-fn upstream(service: &'static str) -> impl Fn(Status) -> Status {
-    move |status| match status.code() {
-        tonic::Code::Unavailable => jobmesh_runtime::errors::error(
-            tonic::Code::Unavailable,
-            format!("{service} unavailable: {}", status.message()),
-            "DEPENDENCY_UNAVAILABLE",
-            &[("service", service.to_owned())],
-        ),
-        _ => status,
     }
 }
 
@@ -120,8 +107,8 @@ impl Gateway {
                 }
             };
             tokio::select! {
-                () = shutdown.cancelled() => Status::unavailable(ends.shutdown),
-                () = expiry => Status::deadline_exceeded(ends.deadline),
+                () = shutdown.cancelled() => Error::StreamShutdown(ends.shutdown).into(),
+                () = expiry => Error::StreamDeadline(ends.deadline).into(),
             }
         });
         let state = Proxied {

@@ -6,6 +6,7 @@
 
 mod config;
 mod connections;
+mod error;
 mod grpc;
 mod limits;
 mod pool;

@@ -284,10 +284,9 @@ impl http_body::Body for TimedBody {
         let this = &mut *self;
         if !this.ended && this.deadline.as_mut().poll(cx).is_ready() {
             this.ended = true;
-            return Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
-                "the request body did not arrive within {} ms",
-                this.timeout.as_millis()
-            )))));
+            return Poll::Ready(Some(Err(
+                crate::error::Error::BodyTimeout(this.timeout).into()
+            )));
         }
         let frame = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
         match &frame {

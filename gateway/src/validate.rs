@@ -41,7 +41,7 @@ pub(crate) const COUNT_LIMIT: i64 = 10_000;
 const NANOS_PER_SECOND: i32 = 1_000_000_000;
 
 fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
-    jobmesh_runtime::errors::invalid_field(field, reason)
+    crate::error::Error::invalid(field, reason).into()
 }
 
 pub(crate) fn job_id(value: &str) -> Result<String, Status> {

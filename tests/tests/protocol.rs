@@ -407,3 +407,75 @@ async fn a_draining_worker_gets_nothing_more_and_nothing_it_held_is_requeued() -
     mesh.stop().await;
     Ok(())
 }
+
+/// A malformed hello ends the call at once with INVALID_ARGUMENT, a `BadRequest`
+/// violation naming the field and the reason `INVALID_FIELD`, and registers
+/// nothing: no worker shows up, nothing is offered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_hello_is_refused_by_its_field_and_registers_nothing() -> anyhow::Result<()> {
+    use tonic_types::StatusExt as _;
+    let mesh = Mesh::start(MeshOptions {
+        workers: vec![],
+        ..Default::default()
+    })
+    .await?;
+    let token = mesh.token_without_tenant(&[scope::WORKER]);
+    for (hello, field, message) in [
+        (
+            v1::WorkerHello {
+                tasks: vec!["demo.echo".to_owned()],
+                slots: 0,
+                ..Default::default()
+            },
+            "hello.slots",
+            "hello.slots: 0 is not between 1 and 10000",
+        ),
+        (
+            v1::WorkerHello {
+                tasks: vec!["demo echo".to_owned()],
+                slots: 1,
+                ..Default::default()
+            },
+            "hello.tasks",
+            "hello.tasks: \"demo echo\" is not a task name",
+        ),
+    ] {
+        let channel = jobmesh_runtime::client::streaming_channel(&mesh.dispatcher_url)?;
+        let mut client = v1::worker_service_client::WorkerServiceClient::new(
+            jobmesh_auth::with_token(channel, Some(&token)),
+        );
+        let (out, out_rx) = mpsc::channel(4);
+        send(&out, connect_request::Message::Hello(hello)).await?;
+        let status = client
+            .connect(tokio_stream::wrappers::ReceiverStream::new(out_rx))
+            .await
+            .expect_err("a bad hello is refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(
+            status.message().starts_with(message),
+            "{}",
+            status.message()
+        );
+        let details = status.get_error_details();
+        let violations = details
+            .bad_request()
+            .expect("a BadRequest")
+            .field_violations
+            .clone();
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert_eq!(violations[0].field, field);
+        assert_eq!(
+            details.error_info().map(|i| i.reason.as_str()),
+            Some("INVALID_FIELD")
+        );
+    }
+    let workers = mesh
+        .tasks_with(Some(&mesh.operator_token()))
+        .list_workers(v1::ListWorkersRequest {})
+        .await?
+        .into_inner()
+        .workers;
+    assert!(workers.is_empty(), "no worker registered: {workers:?}");
+    mesh.stop().await;
+    Ok(())
+}
