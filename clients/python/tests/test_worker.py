@@ -139,11 +139,25 @@ def test_sigterm_drains_the_worker_process(client, dispatcher, worker_token, uni
 
 
 def _free_port() -> int:
+    """A free loopback port below the kernel's ephemeral range, so that no
+    outgoing connection takes it while the dispatcher is down for its restart."""
+    import random
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            first = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        first = 32768
+    low, high = (20000, first) if first > 21000 else (first - 1000, first)
+    for port in random.sample(range(low, high), min(200, high - low)):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.fail(f"no free port in {low}..{high}")
 
 
 def _mesh_setting(name: str) -> str:
