@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use futures::future::{BoxFuture, FutureExt as _};
-use jobmesh_runtime::call::{HttpRequest, HttpResponse, Intercept, Wrapped};
+use jobmesh_runtime::call::{HttpRequest, HttpResponse, Inner, Intercept, Wrapped};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
@@ -306,11 +306,7 @@ impl Drop for Request {
     }
 }
 
-impl<S> Intercept<S> for CountLayer
-where
-    S: tower::Service<HttpRequest, Response = HttpResponse> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
+impl<S: Inner> Intercept<S> for CountLayer {
     fn intercept(
         &self,
         mut inner: S,

@@ -152,32 +152,27 @@ pub async fn run(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let address = listener.local_addr().ok();
     tracing::info!(?address, job_store = %config.job_store_url, dispatcher = %config.dispatcher_url, "gateway serving");
-    // Outermost first: each request is counted as open on its connection (an
-    // idle connection is closed); the REST shim sees every request and turns
-    // REST ones into in-process gRPC calls, which then pass the in-flight and
-    // stream limits like any gRPC call (so an overloaded REST caller gets a JSON
-    // 429, not a gRPC frame). The standard layers (metrics, decode errors) sit
-    // inside the shim so that REST calls are recorded as the gRPC calls they
-    // become.
+    // The stack and why each layer sits where it does: `jobmesh_runtime::server`.
     let router = config
         .connections
         .apply(jobmesh_runtime::server::builder())
         .accept_http1(true)
-        .layer(connections::CountLayer)
-        .layer(rest::RestLayer::new(shim))
-        .layer(jobmesh_runtime::server::standard_layers())
-        .layer(limits::InflightLayer::new(
-            calls(),
-            streams,
-            jobmesh_auth::Authenticator::new(verifier),
-            config.body_timeout(),
+        .layer(jobmesh_runtime::server::edge(
+            connections::CountLayer,
+            rest::RestLayer::new(shim),
+            limits::InflightLayer::new(
+                calls(),
+                streams,
+                jobmesh_auth::Authenticator::new(verifier),
+                config.body_timeout(),
+            ),
         ))
         .add_service(host.health_service())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(jobs)
         .add_service(tasks);
-    let incoming = connections::incoming(listener, config.connections.clone());
+    let incoming = host.severable(connections::incoming(listener, config.connections.clone()));
     host.serve(|stop| router.serve_with_incoming_shutdown(incoming, stop))
         .await?;
     tracing::info!("gateway stopped");

@@ -313,7 +313,7 @@ impl<S> tower::Layer<S> for InflightLayer {
     }
 }
 
-use jobmesh_runtime::call::{HttpRequest, HttpResponse, Intercept, Wrapped};
+use jobmesh_runtime::call::{HttpRequest, HttpResponse, Inner, Intercept, Wrapped};
 
 /// Reads and drops what a refused caller is still sending (at most
 /// `DRAIN_LIMIT` bytes, for at most `DRAIN_WAIT`, one frame held at a time)
@@ -335,12 +335,7 @@ pub(crate) async fn drain(body: tonic::body::Body) {
     let _ = tokio::time::timeout(DRAIN_WAIT, read).await;
 }
 
-impl<S> Intercept<S> for InflightLayer
-where
-    S: tower::Service<HttpRequest, Response = HttpResponse> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
+impl<S: Inner> Intercept<S> for InflightLayer {
     fn intercept(
         &self,
         mut inner: S,

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use futures::future::{BoxFuture, FutureExt as _};
-use jobmesh_runtime::call::{HttpRequest, HttpResponse, Intercept, Wrapped};
+use jobmesh_runtime::call::{HttpRequest, HttpResponse, Inner, Intercept, Wrapped};
 use tonic::Status;
 
 use super::errors::status_response;
@@ -28,14 +28,7 @@ impl<S> tower::Layer<S> for RestLayer {
     }
 }
 
-impl<S> Intercept<S> for RestLayer
-where
-    S: tower::Service<HttpRequest, Response = HttpResponse, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+impl<S: Inner> Intercept<S> for RestLayer {
     fn intercept(
         &self,
         inner: S,

@@ -206,8 +206,9 @@ pub async fn run(
         .add_service(host.health_service())
         .add_service(workers)
         .add_service(internal);
+    let incoming = host.severable(incoming(listener));
     let result = host
-        .serve(|stop| router.serve_with_incoming_shutdown(incoming(listener), stop))
+        .serve(|stop| router.serve_with_incoming_shutdown(incoming, stop))
         .await;
     let _ = nats.flush().await;
     tracing::info!(sessions = ctx.registry.sessions(), "dispatcher stopped");

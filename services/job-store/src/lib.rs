@@ -137,8 +137,9 @@ pub async fn run(
     let router = jobmesh_runtime::server::internal(&config.limits)
         .add_service(host.health_service())
         .add_service(service);
+    let incoming = host.severable(incoming(listener));
     let result = host
-        .serve(|stop| router.serve_with_incoming_shutdown(incoming(listener), stop))
+        .serve(|stop| router.serve_with_incoming_shutdown(incoming, stop))
         .await;
     if let Err(error) = client.flush().await {
         tracing::debug!(%error, "final nats flush failed");

@@ -15,6 +15,11 @@ pub fn is_grpc(headers: &http::HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
+/// The number of a `grpc-status` value (0 to 16); `Unknown` (2) for anything else.
+pub fn code_number(code: &str) -> usize {
+    code.parse::<usize>().ok().filter(|n| *n <= 16).unwrap_or(2)
+}
+
 /// The inner service a layer calls: the one `poll_ready` made ready, leaving a
 /// fresh clone in its place (tower's contract for cloned services).
 pub fn take_ready<S: Clone>(inner: &mut S) -> S {
@@ -27,6 +32,32 @@ pub fn take_ready<S: Clone>(inner: &mut S) -> S {
 pub enum Side {
     Server,
     Client,
+}
+
+/// The service a server layer wraps (tonic's routes, or the layers below it):
+/// every layer of the stack asks this of its inner service.
+pub trait Inner:
+    tower::Service<
+        HttpRequest,
+        Response = HttpResponse,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> Inner for S where
+    S: tower::Service<
+            HttpRequest,
+            Response = HttpResponse,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
 }
 
 /// What a layer does with one request, given the inner service (made ready, as

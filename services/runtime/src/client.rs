@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 use futures::future::{BoxFuture, FutureExt as _};
 use tonic::transport::Endpoint;
 
+use crate::body::{Watch as _, Watched};
 use crate::call::{HttpRequest, HttpResponse, Side};
-use crate::metrics::body::{Call, MeteredBody};
+use crate::metrics::body::Metered;
 use crate::metrics::handle;
 use crate::metrics::rpc::Method;
+use crate::trace::SpanEnd;
 
 /// Default deadline of an internal call when the caller gives none.
 pub const INTERNAL_CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -107,16 +109,22 @@ impl tower::Service<HttpRequest> for Channel {
             &self.server,
             request.headers_mut(),
         );
-        let request = MeteredBody::request(request, labels.requests(Side::Client));
+        let request = Metered::request(request, labels.requests(Side::Client));
         let started = Instant::now();
         let call = tower::Service::call(&mut self.channel, request);
         async move {
-            let outcome = Call::new(Side::Client, labels, started, span);
+            let mut outcome = (
+                Metered::response(Side::Client, labels, started),
+                SpanEnd {
+                    span,
+                    side: Side::Client,
+                },
+            );
             match call.await {
-                Ok(response) => Ok(MeteredBody::response(response, outcome)),
+                Ok(response) => Ok(Watched::response(response, outcome)),
                 Err(error) => {
                     // No answer at all: the call failed as UNAVAILABLE.
-                    outcome.finish("14");
+                    outcome.end("14");
                     Err(error)
                 }
             }

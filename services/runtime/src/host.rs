@@ -5,17 +5,22 @@
 //! 2. a pause (`--shutdown-pause-ms`), so that load balancers and readiness
 //!    probes see it before the listener closes;
 //! 3. the listener closes and in-flight calls drain, for at most
-//!    `--shutdown-grace-ms`; calls still open then are no longer waited for
-//!    (they end with the process);
+//!    `--shutdown-grace-ms`; the connections still open then are cut (those
+//!    the server accepted through [`Host::severable`]), ending their calls;
 //! 4. background loops are told to stop and are waited for (within the same
 //!    bound), then the host returns and the service flushes what it holds.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use futures::{Stream, TryStreamExt as _};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tokio_util::task::TaskTracker;
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
@@ -61,6 +66,8 @@ pub struct Host {
     /// Cancelled once the server has drained: background loops stop then, so
     /// that calls still draining have what they need.
     background: CancellationToken,
+    /// Cancelled when the grace is over: the connections still open are cut.
+    cut: CancellationToken,
     tasks: TaskTracker,
     health: HealthReporter,
     health_service: HealthServer<HealthService>,
@@ -88,6 +95,7 @@ impl Host {
             name,
             config: config.clone(),
             background: CancellationToken::new(),
+            cut: CancellationToken::new(),
             shutdown,
             tasks: TaskTracker::new(),
             health,
@@ -104,6 +112,22 @@ impl Host {
     /// Cancelled once the server has drained: background loops stop on it.
     pub fn background(&self) -> CancellationToken {
         self.background.clone()
+    }
+
+    /// The connections of `incoming`, each cut when the shutdown grace is over
+    /// (step 3): give the server these rather than `incoming` itself.
+    pub fn severable<S, IO, E>(
+        &self,
+        incoming: S,
+    ) -> impl Stream<Item = Result<Severable<IO>, E>> + use<S, IO, E>
+    where
+        S: Stream<Item = Result<IO, E>>,
+    {
+        let cut = self.cut.clone();
+        incoming.map_ok(move |io| Severable {
+            io,
+            cut: Box::pin(cut.clone().cancelled_owned()),
+        })
     }
 
     /// Runs `task` as one of the host's, waited for before the host returns.
@@ -190,8 +214,9 @@ impl Host {
                 tracing::warn!(
                     service = self.name,
                     grace_ms = grace.as_millis() as u64,
-                    "calls still open after --shutdown-grace-ms: stopping without them"
+                    "calls still open after --shutdown-grace-ms: cutting their connections"
                 );
+                self.cut.cancel();
                 Ok(())
             }
         };
@@ -207,5 +232,71 @@ impl Host {
             );
         }
         result
+    }
+}
+
+/// A server's connection that fails every read and write once its host's grace
+/// is over (its calls then end at once; see [`Host::severable`]).
+pub struct Severable<IO> {
+    io: IO,
+    cut: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl<IO> Severable<IO> {
+    /// An error once the connection is cut (registering the task to be woken
+    /// when it is, so that a connection waiting for input is cut too).
+    fn is_cut(&mut self, cx: &mut Context<'_>) -> Option<std::io::Error> {
+        self.cut.as_mut().poll(cx).is_ready().then(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the service stopped: its --shutdown-grace-ms is over",
+            )
+        })
+    }
+}
+
+impl<IO: tonic::transport::server::Connected> tonic::transport::server::Connected
+    for Severable<IO>
+{
+    type ConnectInfo = IO::ConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Severable<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if let Some(cut) = self.is_cut(cx) {
+            return Poll::Ready(Err(cut));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Severable<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if let Some(cut) = self.is_cut(cx) {
+            return Poll::Ready(Err(cut));
+        }
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if let Some(cut) = self.is_cut(cx) {
+            return Poll::Ready(Err(cut));
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

@@ -2,6 +2,7 @@
 //! gRPC server and client settings. Services depend on this crate, never on each
 //! other.
 
+pub(crate) mod body;
 pub mod call;
 pub mod client;
 pub mod errors;

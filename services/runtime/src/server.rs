@@ -2,35 +2,42 @@
 //! one middleware stack, described here outermost first — a request passes the
 //! layers top to bottom, its answer bottom to top.
 //!
-//! On the gateway (`jobmesh_gateway::run` adds the layers marked *gateway*):
+//! [`layers`] builds it for every server and [`edge`] for the gateway, which
+//! adds the layers marked *gateway* around it:
 //!
 //! 1. *gateway* **connections**: counts each request as open on its connection,
 //!    so idle connections can be closed. Outermost: it must see every request.
 //! 2. *gateway* **REST**: a request that is not gRPC is transcoded and sent
-//!    in-process to the layers below as a gRPC call (its HTTP span is opened
-//!    here). Outside span and metrics, so a REST call is recorded as the gRPC
-//!    call it becomes, and refused like one by the limits below.
-//! 3. **span and metrics** ([`crate::metrics::GrpcMetricsLayer`]): the call's
-//!    server span and its `grpc_server_*` metrics. Outside everything that may
-//!    refuse a call, so refusals are traced and counted with the code the caller
-//!    finally sees.
-//! 4. **errors** ([`decode_errors_are_invalid_argument`]): a request tonic cannot
+//!    in-process to the layers below as a gRPC call (the REST call's HTTP server
+//!    span is opened here). It sits outside span and metrics, unlike an HTTP
+//!    proxy's inbound stack, so that a REST call is traced and counted as the
+//!    gRPC call it becomes (one set of `grpc_server_*` series and one span
+//!    shape for both ways in) and refused like one by the layers below (an
+//!    overloaded REST caller gets a JSON 429, not a gRPC frame).
+//! 3. **span** ([`crate::trace::layer::SpanLayer`]): the call's server span,
+//!    around everything else the server does for the call, so that a refusal
+//!    below is traced with the code the caller sees and the handler's work is
+//!    inside the span.
+//! 4. **metrics** ([`crate::metrics::GrpcMetricsLayer`]): the call's
+//!    `grpc_server_*` series. Outside everything that may refuse a call, so
+//!    refusals are counted with the code the caller finally sees.
+//! 5. **errors** ([`decode_errors_are_invalid_argument`]): a request tonic cannot
 //!    decode answers `INVALID_ARGUMENT`, not `INTERNAL`, and every error gets its
-//!    `google.rpc` details ([`crate::errors`]), whoever made it — a layer below,
-//!    tonic, a handler.
-//! 5. **in-flight cap and shedding**: a call over the cap is refused at once
-//!    (never queued, so an overload cannot build a backlog of calls whose
-//!    callers gave up). On the gateway, *gateway* `InflightLayer` also
-//!    authenticates, shares the cap between tenants and bounds open streams;
-//!    the internal services use [`ShedLayer`], one cap for all callers, which
-//!    also bounds how long a handler may take (`--call-timeout-ms`), whatever
-//!    deadline the caller sent or did not send.
+//!    `google.rpc` details ([`crate::errors`]), whoever made it: the admission
+//!    layer below, tonic, a handler. Above admission so its refusals pass it too.
+//! 6. **admission**, the in-flight cap and shedding: a call over the cap is
+//!    refused at once (never queued, so an overload cannot build a backlog of
+//!    calls whose callers gave up). On the gateway, *gateway* `InflightLayer`
+//!    also authenticates, shares the cap between tenants and bounds open
+//!    streams; the internal services use [`ShedLayer`], one cap for all
+//!    callers, which also bounds how long a handler may take
+//!    (`--call-timeout-ms`), whatever deadline the caller sent or did not send.
+//!    Innermost, so that a call holds its place only while it is handled.
 //!
 //! Deadlines: tonic ends a call at the caller's `grpc-timeout`; internal calls
 //! carry the deadline of the call they are made for ([`crate::grpc::forward`])
 //! and at most [`crate::client::INTERNAL_CALL_TIMEOUT`] without one.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,8 +46,13 @@ use tokio::sync::Semaphore;
 use tonic::Code;
 use tonic::transport::Server;
 
-use crate::call::{HttpRequest, HttpResponse, Intercept, Wrapped, is_grpc};
+use tower::layer::util::{Identity, Stack};
+use tower::util::MapResponseLayer;
+
+use crate::call::{HttpRequest, HttpResponse, Inner, Intercept, Wrapped, is_grpc};
 use crate::grpc::MAX_CONCURRENT_STREAMS;
+use crate::metrics::GrpcMetricsLayer;
+use crate::trace::layer::SpanLayer;
 
 /// A server builder with the settings every service uses and no layers: HTTP/2
 /// keepalive so that dead peers (a worker whose machine vanished) are noticed, and
@@ -53,44 +65,48 @@ pub fn builder() -> Server {
         .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
 }
 
-/// Layers 3 and 4 of the stack, which every server has.
-pub type StandardLayers = tower::layer::util::Stack<
-    tower::util::MapResponseLayer<DecodeFix>,
-    crate::metrics::GrpcMetricsLayer,
->;
+/// The layers every server has, outermost first: span, metrics, errors, then
+/// `admission` (layer 6: what decides whether a call is taken on at all).
+pub type Layers<A> =
+    Stack<A, Stack<MapResponseLayer<DecodeFix>, Stack<GrpcMetricsLayer, SpanLayer>>>;
 
-/// See [`StandardLayers`].
-pub fn standard_layers() -> StandardLayers {
-    tower::layer::util::Stack::new(
-        tower::util::MapResponseLayer::new(decode_errors_are_invalid_argument as DecodeFix),
-        crate::metrics::GrpcMetricsLayer,
+/// The stack of a server whose admission layer is `admission` (see the module
+/// documentation for each layer and why it sits where it does).
+pub fn layers<A>(admission: A) -> Layers<A> {
+    Stack::new(
+        admission,
+        Stack::new(
+            MapResponseLayer::new(decode_errors_are_invalid_argument as DecodeFix),
+            Stack::new(GrpcMetricsLayer, SpanLayer),
+        ),
     )
 }
 
-/// The stack of an internal service (job-store, the dispatcher).
-pub type InternalLayers = tower::layer::util::Stack<ShedLayer, StandardLayers>;
+/// The gateway's stack: `connections` and `rest` (its own layers 1 and 2)
+/// outside [`Layers`].
+pub type EdgeLayers<C, R, A> = Stack<Layers<A>, Stack<R, C>>;
 
-/// The server of an internal service: [`builder`] with span and metrics, errors,
-/// and at most `limits.max_inflight` calls in flight.
-pub fn internal(
-    limits: &LimitConfig,
-) -> Server<tower::layer::util::Stack<InternalLayers, tower::layer::util::Identity>> {
-    builder().layer(tower::layer::util::Stack::new(
-        ShedLayer::new(
-            limits.max_inflight,
-            Duration::from_millis(limits.call_timeout_ms),
-        ),
-        standard_layers(),
-    ))
+/// See [`EdgeLayers`].
+pub fn edge<C, R, A>(connections: C, rest: R, admission: A) -> EdgeLayers<C, R, A> {
+    Stack::new(layers(admission), Stack::new(rest, connections))
 }
 
-/// The response mapper of layer 4.
+/// The server of an internal service (job-store, the dispatcher): [`builder`]
+/// with [`Layers`], its admission at most `limits.max_inflight` calls in flight
+/// each answered within `limits.call_timeout_ms` ([`ShedLayer`]).
+pub fn internal(limits: &LimitConfig) -> Server<Stack<Layers<ShedLayer>, Identity>> {
+    builder().layer(layers(ShedLayer::new(
+        limits.max_inflight,
+        Duration::from_millis(limits.call_timeout_ms),
+    )))
+}
+
+/// The response mapper of layer 5.
 pub type DecodeFix = fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>;
 
 /// tonic answers a request it cannot decode (bad wire format, nesting past prost's
 /// recursion limit) with `INTERNAL`; the fault is the caller's, so the answer is
-/// `INVALID_ARGUMENT`. Applied to every server with
-/// `tower::util::MapResponseLayer::new(decode_errors_are_invalid_argument)`.
+/// `INVALID_ARGUMENT`. Layer 5 of every server ([`layers`]).
 ///
 /// It then gives every error its details ([`crate::errors::complete_response`]).
 pub fn decode_errors_are_invalid_argument(
@@ -130,7 +146,7 @@ impl Default for LimitConfig {
     }
 }
 
-/// Layer 5 of an internal service: at most `max` gRPC calls in flight (from the
+/// Layer 6 of an internal service: at most `max` gRPC calls in flight (from the
 /// request to the response's head: a stream holds a place while its handler
 /// starts it, not for its whole life); the next is refused at once. A handler
 /// that has not answered within `timeout` ends its call with DEADLINE_EXCEEDED.
@@ -158,14 +174,7 @@ impl<S> tower::Layer<S> for ShedLayer {
     }
 }
 
-impl<S> Intercept<S> for ShedLayer
-where
-    S: tower::Service<HttpRequest, Response = HttpResponse, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+impl<S: Inner> Intercept<S> for ShedLayer {
     fn intercept(
         &self,
         mut inner: S,
@@ -212,6 +221,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::convert::Infallible;
     use tower::{Layer as _, Service as _, ServiceExt as _};
 
     fn grpc_request() -> HttpRequest {

@@ -1,16 +1,11 @@
-//! The one body wrapper of the gRPC metrics: counts a body's messages as they
-//! pass and, for a response, records the call's outcome (metrics, span status)
-//! when it ends, or when it is dropped (the other side went away).
+//! What the gRPC metrics watch in a body ([`crate::body::Watch`]): its messages
+//! as they pass and, for a response, the call's outcome when it ends.
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
-use bytes::Bytes;
-use http_body::Frame;
-
-use super::rpc::{Method, code_number};
-use crate::call::{HttpRequest, HttpResponse, Side};
+use super::rpc::Method;
+use crate::body::{Watch, Watched};
+use crate::call::{HttpRequest, Side, code_number};
 
 /// Counts the gRPC messages of a body from its data frames, however they are
 /// split: each message is a 5-byte prefix (a compression flag and a big-endian
@@ -52,138 +47,47 @@ impl Messages {
     }
 }
 
-/// A call whose end a response body records.
-pub(crate) struct Call {
-    side: Side,
-    labels: &'static Method,
-    started: Instant,
-    span: tracing::Span,
-}
-
-impl Call {
-    pub(crate) fn new(
-        side: Side,
-        labels: &'static Method,
-        started: Instant,
-        span: tracing::Span,
-    ) -> Self {
-        Self {
-            side,
-            labels,
-            started,
-            span,
-        }
-    }
-
-    /// Records the call's end with the `grpc-status` value `code`.
-    pub(crate) fn finish(self, code: &str) {
-        let number = code_number(code);
-        crate::trace::record_status(&self.span, self.side, number);
-        self.labels
-            .handled(self.side, number, self.started.elapsed());
-    }
-}
-
-/// A gRPC body whose messages are counted on `counter` as they pass; a
-/// response's body also ends its [`Call`].
-pub(crate) struct MeteredBody {
-    inner: tonic::body::Body,
+/// The metrics of one body: its messages counted on `counter` and, for a
+/// response, the call's `grpc_*_handled_total` and `_handling_seconds` at its end.
+pub(crate) struct Metered {
     messages: Messages,
     counter: &'static metrics::Counter,
-    call: Option<Call>,
-    /// The status the response head already carries (a trailers-only answer).
-    code: Option<String>,
+    call: Option<(Side, &'static Method, Instant)>,
 }
 
-impl MeteredBody {
+impl Metered {
     /// `request` with its messages counted on `counter`.
     pub(crate) fn request(request: HttpRequest, counter: &'static metrics::Counter) -> HttpRequest {
-        let (parts, body) = request.into_parts();
-        let counted = Self {
-            inner: body,
-            messages: Messages::default(),
-            counter,
-            call: None,
-            code: None,
-        };
-        http::Request::from_parts(parts, tonic::body::Body::new(counted))
+        Watched::request(
+            request,
+            Self {
+                messages: Messages::default(),
+                counter,
+                call: None,
+            },
+        )
     }
 
-    /// `response` with its messages counted, ending `call` when it ends.
-    pub(crate) fn response(response: HttpResponse, call: Call) -> HttpResponse {
-        let (parts, body) = response.into_parts();
-        // A trailers-only answer (an error before any message) has its code in
-        // the headers; otherwise it comes in the trailers at the end.
-        let code = parts
-            .headers
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let metered = Self {
-            inner: body,
+    /// The metrics of the response of a call to `labels` on `side`, started at
+    /// `started`.
+    pub(crate) fn response(side: Side, labels: &'static Method, started: Instant) -> Self {
+        Self {
             messages: Messages::default(),
-            counter: call.labels.responses(call.side),
-            call: Some(call),
-            code,
-        };
-        http::Response::from_parts(parts, tonic::body::Body::new(metered))
-    }
-
-    fn finish(&mut self, code: &str) {
-        if let Some(call) = self.call.take() {
-            call.finish(code);
+            counter: labels.responses(side),
+            call: Some((side, labels, started)),
         }
     }
 }
 
-impl http_body::Body for MeteredBody {
-    type Data = Bytes;
-    type Error = tonic::Status;
+impl Watch for Metered {
+    fn data(&mut self, data: &[u8]) {
+        self.counter.increment(self.messages.feed(data));
+    }
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    let this = &mut *self;
-                    this.counter.increment(this.messages.feed(data));
-                }
-                if let Some(trailers) = frame.trailers_ref() {
-                    let code = trailers
-                        .get("grpc-status")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("2")
-                        .to_owned();
-                    self.finish(&code);
-                }
-            }
-            Poll::Ready(Some(Err(_))) => self.finish("2"),
-            Poll::Ready(None) => {
-                let code = self.code.clone().unwrap_or_else(|| "0".to_owned());
-                self.finish(&code);
-            }
-            Poll::Pending => {}
+    fn end(&mut self, code: &str) {
+        if let Some((side, labels, started)) = self.call.take() {
+            labels.handled(side, code_number(code), started.elapsed());
         }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for MeteredBody {
-    fn drop(&mut self) {
-        // Ended before its end: the other side went away (CANCELLED).
-        let code = self.code.clone().unwrap_or_else(|| "1".to_owned());
-        self.finish(&code);
     }
 }
 

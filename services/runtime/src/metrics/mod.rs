@@ -5,7 +5,7 @@
 //! `_msg_received_total`, `_msg_sent_total`, `_handling_seconds`, each labelled
 //! with `grpc_type`, `grpc_service` and `grpc_method`), recorded by one tower
 //! layer on the server ([`server`]) and by [`crate::client::Channel`] on the
-//! client, both counting messages with one body wrapper ([`body`]).
+//! client, both counting messages with what they watch in a body ([`body`]).
 
 pub(crate) mod body;
 pub mod endpoint;

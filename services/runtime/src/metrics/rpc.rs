@@ -5,6 +5,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::call::Side;
+#[cfg(test)]
+use crate::call::code_number;
 
 /// One gRPC method's labels and metric handles, made once per process: a call
 /// costs one map lookup and a few atomic increments, and the label values are
@@ -198,14 +200,6 @@ const CODE_NAMES: [&str; 17] = [
     "DataLoss",
     "Unauthenticated",
 ];
-
-/// The number of a `grpc-status` value; `Unknown` (2) for anything else.
-pub(crate) fn code_number(code: &str) -> usize {
-    code.parse::<usize>()
-        .ok()
-        .filter(|n| *n < CODE_NAMES.len())
-        .unwrap_or(2)
-}
 
 #[cfg(test)]
 mod tests {

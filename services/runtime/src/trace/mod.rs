@@ -7,6 +7,12 @@
 //! [`crate::telemetry::init`] when an OTLP endpoint is configured) turns them into
 //! OpenTelemetry spans. Without it every context here is empty and nothing is
 //! propagated or exported.
+//!
+//! Every gRPC call's server span is opened by [`layer::SpanLayer`], the
+//! outermost layer of every server's stack; a client channel opens its calls'
+//! client spans with [`client_span`].
+
+pub mod layer;
 
 use std::collections::HashMap;
 
@@ -235,6 +241,19 @@ pub(crate) fn record_status(span: &tracing::Span, side: crate::call::Side, code:
     span.record("rpc.grpc.status_code", code as i64);
     if is_span_error(side, code) {
         span.record("otel.status_code", "ERROR");
+    }
+}
+
+/// What a span watches in its call's response body ([`crate::body::Watch`]):
+/// the code the call ends with, recorded on the span.
+pub(crate) struct SpanEnd {
+    pub(crate) span: tracing::Span,
+    pub(crate) side: crate::call::Side,
+}
+
+impl crate::body::Watch for SpanEnd {
+    fn end(&mut self, code: &str) {
+        record_status(&self.span, self.side, crate::call::code_number(code));
     }
 }
 
