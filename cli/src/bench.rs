@@ -33,6 +33,10 @@ pub(crate) struct BenchArgs {
     /// Task to run (a no-op task measures the mesh itself).
     #[arg(long, default_value = "demo.echo")]
     pub(crate) task: String,
+    /// Arguments of every job, as a JSON object (`--task demo.sleep --args
+    /// '{"seconds": 0, "steps": 10}'` reports progress ten times).
+    #[arg(long, value_parser = json_object)]
+    pub(crate) args: Option<serde_json::Map<String, serde_json::Value>>,
     /// Give up waiting for the jobs after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout_seconds: u64,
@@ -70,6 +74,14 @@ pub(crate) struct BenchArgs {
     pub(crate) addr: GatewayAddr,
 }
 
+fn json_object(text: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    match serde_json::from_str(text) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(_) => Err("not a JSON object".to_owned()),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
 pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -103,10 +115,12 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let mut client = client.clone();
         let next = Arc::clone(&next);
         let (jobs, task, run_id) = (args.jobs, args.task.clone(), run_id.clone());
+        let job_args = args.args.as_ref().map(jobmesh_proto::json::json_to_struct);
         lanes.spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < jobs {
                 let request = v1::SubmitJobRequest {
                     task: task.clone(),
+                    args: job_args.clone(),
                     labels: [("bench".to_owned(), run_id.clone())].into(),
                     ..Default::default()
                 };

@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
 """Celery peer of `jobmesh bench`: the same workload through Celery.
 
-Runs N no-op jobs with C submissions in flight through a Celery stack set up
-the way users set it up for durable jobs (RabbitMQ broker with durable queues,
-persistent messages and publisher confirms, ``task_acks_late=True``,
-``worker_prefetch_multiplier=1``, PostgreSQL result backend), then M jobs one
-at a time, and prints the figures under the same keys as
-``jobmesh bench --json``.
+Runs N no-op jobs with C submissions in flight through a Celery stack, then M
+jobs one at a time, and prints the figures under the same keys as
+``jobmesh bench --json``. Two set-ups (``--profile``):
+
+- ``durable`` (default): the way users set Celery up for durable jobs —
+  RabbitMQ broker with durable queues, persistent messages and publisher
+  confirms, ``task_acks_late=True``, ``worker_prefetch_multiplier=1``,
+  PostgreSQL result backend;
+- ``redis``: the set-up most Celery users run — Redis as broker and result
+  backend with Celery's defaults (ack on receipt, prefetch 4), which keeps
+  nothing durable.
 
 The script starts its own worker (``celery -A celery_peer worker``, prefork
 pool), waits until it answers a ping, runs the phases and stops it (SIGTERM,
@@ -39,6 +44,7 @@ from celery import Celery
 
 DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672//"
 DEFAULT_BACKEND = "db+postgresql+psycopg2://postgres@127.0.0.1:5432/celery_peer"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/5"
 QUEUE = "celery_peer"
 TASK_NAME = "bench.noop"
 TERMINAL = ("SUCCESS", "FAILURE", "REVOKED")
@@ -47,14 +53,16 @@ TERMINAL = ("SUCCESS", "FAILURE", "REVOKED")
 def settings_from_env() -> dict:
     """Celery settings, shared by this client and the worker it starts."""
     broker = os.environ.get("CELERY_PEER_BROKER", DEFAULT_BROKER)
+    durable = os.environ.get("CELERY_PEER_PROFILE", "durable") == "durable"
     conf = {
         "broker_url": broker,
         "result_backend": os.environ.get("CELERY_PEER_BACKEND", DEFAULT_BACKEND),
         # Durable jobs: a job's message is removed from the broker only after
         # the task has run (and its result is stored), and a worker process
-        # holds at most one unstarted message.
-        "task_acks_late": True,
-        "worker_prefetch_multiplier": 1,
+        # holds at most one unstarted message. The `redis` profile keeps
+        # Celery's defaults (ack on receipt, prefetch 4), as most users run it.
+        "task_acks_late": durable,
+        "worker_prefetch_multiplier": 1 if durable else 4,
         # Durable queue (kombu's default for Queue) and persistent messages
         # (Celery's default delivery mode), stated explicitly.
         "task_default_queue": QUEUE,
@@ -102,6 +110,92 @@ def percentile(sorted_values: list[float], p: float) -> float:
 
 def log(msg: str) -> None:
     print(f"[celery_peer] {msg}", file=sys.stderr, flush=True)
+
+
+class SqlResults:
+    """Results in a database backend's ``celery_taskmeta`` table."""
+
+    def __init__(self, backend_url: str):
+        import sqlalchemy as sa
+        from celery.backends.database.session import ResultModelBase
+
+        self.sa = sa
+        url = sa_url(backend_url)
+        ensure_database(url)
+        self.kind = sa.engine.make_url(url).drivername
+        self.engine = sa.create_engine(url, pool_size=2)
+        ResultModelBase.metadata.create_all(self.engine)  # celery_taskmeta, celery_tasksetmeta
+
+    def count_done(self, prefix: str, ids: list[str]) -> int:
+        like = self.sa.text(
+            "SELECT count(*) FROM celery_taskmeta WHERE task_id LIKE :p AND status = ANY(:t)")
+        with self.engine.connect() as conn:
+            return conn.execute(like, {"p": f"{prefix}-0%", "t": list(TERMINAL)}).scalar()
+
+    def finished(self, prefix: str, ids: list[str]) -> list[tuple[str, str, float | None]]:
+        # date_done is the worker's clock (datetime.now(utc)) at the moment it
+        # stored the result, in a column without zone: psycopg2 sends it as
+        # timestamptz, so it is kept in the server's TimeZone, read back so.
+        with self.engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(self.sa.text(
+                "SELECT task_id, status, extract(epoch FROM date_done AT TIME ZONE "
+                "current_setting('TimeZone'))::float8 FROM celery_taskmeta WHERE task_id LIKE :p"),
+                {"p": f"{prefix}-0%"}).all()]
+
+    def delete(self, prefix: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(self.sa.text("DELETE FROM celery_taskmeta WHERE task_id LIKE :p"),
+                         {"p": f"{prefix}-%"})
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+class RedisResults:
+    """Results in a Redis backend: one ``celery-task-meta-<id>`` key per job."""
+
+    kind = "redis"
+
+    def __init__(self, backend_url: str):
+        import redis
+
+        self.redis = redis.Redis.from_url(backend_url)
+        self.redis.ping()
+
+    def _metas(self, ids: list[str]):
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start:start + 1000]
+            values = self.redis.mget([f"celery-task-meta-{i}" for i in chunk])
+            for task_id, value in zip(chunk, values):
+                yield task_id, (json.loads(value) if value else None)
+
+    def count_done(self, prefix: str, ids: list[str]) -> int:
+        return sum(1 for _, meta in self._metas(ids) if meta and meta.get("status") in TERMINAL)
+
+    def finished(self, prefix: str, ids: list[str]) -> list[tuple[str, str, float | None]]:
+        from datetime import datetime, timezone
+
+        rows = []
+        for task_id, meta in self._metas(ids):
+            if not meta:
+                continue
+            done = meta.get("date_done")
+            when = None
+            if done:
+                parsed = datetime.fromisoformat(done)
+                if parsed.tzinfo is None:
+                    parsed = parsed.replace(tzinfo=timezone.utc)
+                when = parsed.timestamp()
+            rows.append((task_id, meta.get("status"), when))
+        return rows
+
+    def delete(self, prefix: str) -> None:
+        keys = list(self.redis.scan_iter(match=f"celery-task-meta-{prefix}-*", count=1000))
+        for start in range(0, len(keys), 1000):
+            self.redis.delete(*keys[start:start + 1000])
+
+    def close(self) -> None:
+        self.redis.close()
 
 
 def sa_url(backend_url: str) -> str:
@@ -283,10 +377,15 @@ def main() -> int:
     p.add_argument("--worker-pool", default="prefork",
                    choices=["prefork", "threads", "solo", "gevent", "eventlet"],
                    help="worker pool (default prefork, Celery's default)")
-    p.add_argument("--broker", default=DEFAULT_BROKER,
-                   help=f"broker URL (default {DEFAULT_BROKER}; e.g. redis://127.0.0.1:6379/0)")
-    p.add_argument("--result-backend", default=DEFAULT_BACKEND,
-                   help=f"SQLAlchemy result backend URL (default {DEFAULT_BACKEND})")
+    p.add_argument("--profile", default="durable", choices=["durable", "redis"],
+                   help="durable: RabbitMQ with confirms, PostgreSQL results, acks_late, "
+                        "prefetch 1 (default); redis: Redis broker and results, Celery's defaults")
+    p.add_argument("--broker",
+                   help=f"broker URL (default {DEFAULT_BROKER}; with --profile redis "
+                        f"{DEFAULT_REDIS})")
+    p.add_argument("--result-backend",
+                   help=f"result backend URL: db+postgresql://… or redis://… (default "
+                        f"{DEFAULT_BACKEND}; with --profile redis the broker's URL)")
     p.add_argument("--rt-poll-interval", type=float, default=0.01,
                    help="AsyncResult.get(interval=...) in the round-trip phase, seconds "
                         "(Celery's default is 0.5; the database backend can only poll)")
@@ -321,6 +420,11 @@ def main() -> int:
         signal.signal(sig, interrupted)
 
     # Configuration shared with the worker through the environment.
+    if args.broker is None:
+        args.broker = DEFAULT_REDIS if args.profile == "redis" else DEFAULT_BROKER
+    if args.result_backend is None:
+        args.result_backend = args.broker if args.profile == "redis" else DEFAULT_BACKEND
+    os.environ["CELERY_PEER_PROFILE"] = args.profile
     os.environ["CELERY_PEER_BROKER"] = args.broker
     args.result_backend = pin_psycopg2(args.result_backend)
     os.environ["CELERY_PEER_BACKEND"] = args.result_backend
@@ -333,13 +437,11 @@ def main() -> int:
 
     import celery
     import kombu
-    import sqlalchemy as sa
-    from celery.backends.database.session import ResultModelBase
 
-    url = sa_url(args.result_backend)
-    ensure_database(url)
-    engine = sa.create_engine(url, pool_size=2)
-    ResultModelBase.metadata.create_all(engine)  # celery_taskmeta, celery_tasksetmeta
+    if args.result_backend.startswith("redis"):
+        results = RedisResults(args.result_backend)
+    else:
+        results = SqlResults(args.result_backend)
     check_broker(timeout=10)
 
     # Hard bound on the whole run, whatever hangs (a blocked publish, say).
@@ -361,8 +463,6 @@ def main() -> int:
 
     run_id = uuid.uuid4().hex[:12]
     prefix = f"cpeer-{run_id}"
-    like = sa.text(
-        "SELECT count(*) FROM celery_taskmeta WHERE task_id LIKE :p AND status = ANY(:t)")
     logdir = Path(tempfile.mkdtemp(prefix="celery_peer_"))
     failed = False
     try:
@@ -396,26 +496,17 @@ def main() -> int:
         submitted_at, submit_seconds = submit_phase(args, prefix)
 
         deadline = time.monotonic() + args.timeout_seconds
-        with engine.connect() as conn:
-            while True:
-                done = conn.execute(like, {"p": f"{prefix}-0%", "t": list(TERMINAL)}).scalar()
-                conn.commit()
-                if done >= args.jobs:
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"{args.jobs - done} jobs still pending after {args.timeout_seconds:g}s")
-                time.sleep(args.drain_poll_interval)
+        ids = [f"{prefix}-{i:08d}" for i in range(args.jobs)]
+        while True:
+            done = results.count_done(prefix, ids)
+            if done >= args.jobs:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{args.jobs - done} jobs still pending after {args.timeout_seconds:g}s")
+            time.sleep(args.drain_poll_interval)
         drained_seconds = time.perf_counter() - t_start
-
-        # date_done is the worker's clock (datetime.now(utc)) at the moment it
-        # stored the result, in a column without zone: psycopg2 sends it as
-        # timestamptz, so it is kept in the server's TimeZone, read back so.
-        with engine.connect() as conn:
-            rows = conn.execute(sa.text(
-                "SELECT task_id, status, extract(epoch FROM date_done AT TIME ZONE "
-                "current_setting('TimeZone'))::float8 FROM celery_taskmeta WHERE task_id LIKE :p"),
-                {"p": f"{prefix}-0%"}).all()
+        rows = results.finished(prefix, ids)
         latencies: list[float] = []
         succeeded = 0
         first_submit = min(submitted_at)
@@ -460,12 +551,10 @@ def main() -> int:
                     log(f"could not purge queue {QUEUE}: {exc!r}")
         if not args.keep_results:
             try:
-                with engine.begin() as conn:
-                    conn.execute(sa.text("DELETE FROM celery_taskmeta WHERE task_id LIKE :p"),
-                                 {"p": f"{prefix}-%"})
+                results.delete(prefix)
             except Exception as exc:  # noqa: BLE001 - cleanup only
                 log(f"could not delete this run's result rows: {exc!r}")
-        engine.dispose()
+        results.close()
         watchdog.cancel()
         if not failed:
             for f in logdir.iterdir():
@@ -491,7 +580,8 @@ def main() -> int:
         "celery_version": celery.__version__,
         "kombu_version": kombu.__version__,
         "broker": broker_kind,
-        "result_backend": sa.engine.make_url(url).drivername,
+        "result_backend": results.kind,
+        "profile": args.profile,
         "worker_pool": args.worker_pool,
         "worker_concurrency": args.worker_concurrency,
         "rt_poll_interval_ms": args.rt_poll_interval * 1000,

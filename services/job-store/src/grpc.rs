@@ -28,7 +28,7 @@ use crate::store::{ListFilter, Store};
 const WATCH_BUFFER: usize = 64;
 
 pub(crate) struct JobStoreGrpc {
-    pub(crate) creator: crate::batch::Creator,
+    pub(crate) writes: crate::batch::Writes,
     pub(crate) store: Store,
     pub(crate) logs: Logs,
     /// Open watches, re-read together in case an event was lost.
@@ -87,7 +87,7 @@ impl JobStoreService for JobStoreGrpc {
             .idempotency_key
             .clone()
             .map(|key| (key, new.task.clone(), new.args.clone()));
-        let (stored, created) = self.creator.create(new).await?;
+        let (stored, created) = self.writes.create.call(new).await?;
         if let Some((key, task, args)) = asked
             && !created
             && (stored.task != task || stored.args != serde_json::Value::Object(args))
@@ -254,7 +254,16 @@ impl JobStoreService for JobStoreGrpc {
         let r = request.into_inner();
         let (id, number) = attempt(r.attempt)?;
         let lease = duration(r.lease_duration).unwrap_or(Duration::from_secs(30));
-        let leased = self.store.lease(id, number, &r.worker_id, lease).await?;
+        let leased = self
+            .writes
+            .lease
+            .call(crate::store::Lease {
+                id,
+                attempt: number,
+                worker_id: r.worker_id,
+                lease,
+            })
+            .await?;
         Ok(Response::new(pb::LeaseJobResponse { job: job(&leased) }))
     }
 
@@ -304,8 +313,14 @@ impl JobStoreService for JobStoreGrpc {
             .into());
         }
         let updated = self
-            .store
-            .progress(id, number, r.percent, &without_nul(&r.message))
+            .writes
+            .progress
+            .call(crate::store::Progress {
+                id,
+                attempt: number,
+                percent: r.percent,
+                message: without_nul(&r.message),
+            })
             .await?;
         Ok(Response::new(pb::ReportProgressResponse {
             cancel_requested: updated.cancel_requested,
@@ -331,7 +346,15 @@ impl JobStoreService for JobStoreGrpc {
         let result = json_without_nul(serde_json::Value::Object(
             r.result.as_ref().map(struct_to_json).unwrap_or_default(),
         ));
-        let done = self.store.complete(id, number, result).await?;
+        let done = self
+            .writes
+            .complete
+            .call(crate::store::Completion {
+                id,
+                attempt: number,
+                result,
+            })
+            .await?;
         Ok(Response::new(pb::CompleteJobResponse { job: job(&done) }))
     }
 

@@ -119,11 +119,11 @@ pub async fn run(
         jobmesh_runtime::health::nats(client.clone()).optional(),
     ]);
     host.serve_metrics(metrics_listener);
-    let creator = batch::Creator::start(store.clone(), background.clone());
+    let writes = batch::Writes::start(&store, &background);
     let resync = resync::Resync::default();
     host.spawn(resync.clone().run(store.clone(), background.clone()));
     let service = JobStoreServiceServer::new(grpc::JobStoreGrpc {
-        creator,
+        writes,
         store,
         logs,
         resync,

@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
+use crate::batch::Outcome;
 use crate::error::{Error, Result};
 use crate::events::Events;
 use crate::model::{JOB_COLUMNS, Job, NewJob, State};
@@ -48,6 +49,32 @@ pub(crate) struct LeaseCheck {
     pub(crate) lost: Vec<(Uuid, i32)>,
     /// Attempts whose job has a pending cancellation request.
     pub(crate) cancel_requested: Vec<(Uuid, i32)>,
+}
+
+/// A lease asked for: attempt `attempt` of job `id` to `worker_id` for `lease`.
+#[derive(Clone, Debug)]
+pub(crate) struct Lease {
+    pub(crate) id: Uuid,
+    pub(crate) attempt: i32,
+    pub(crate) worker_id: String,
+    pub(crate) lease: Duration,
+}
+
+/// Progress reported: attempt `attempt` of job `id` is at `percent`, `message`.
+#[derive(Clone, Debug)]
+pub(crate) struct Progress {
+    pub(crate) id: Uuid,
+    pub(crate) attempt: i32,
+    pub(crate) percent: i32,
+    pub(crate) message: String,
+}
+
+/// A result reported: attempt `attempt` of job `id` succeeded with `result`.
+#[derive(Clone, Debug)]
+pub(crate) struct Completion {
+    pub(crate) id: Uuid,
+    pub(crate) attempt: i32,
+    pub(crate) result: serde_json::Value,
 }
 
 /// The job state machine over PostgreSQL.
@@ -364,39 +391,83 @@ impl Store {
         Ok(job)
     }
 
-    /// Leases a queued attempt to a worker.
-    pub(crate) async fn lease(
-        &self,
-        id: Uuid,
-        attempt: i32,
-        worker_id: &str,
-        lease: Duration,
-    ) -> Result<Job> {
-        let client = self.pool.get().await?;
-        let sql = format!(
-            "UPDATE jobs SET state = 'running', worker_id = $3, lease_ms = $4,
-                lease_expires_at = now() + $4::bigint * interval '1 millisecond',
-                start_time = coalesce(start_time, now()), attempt_start_time = now(),
-                progress_percent = 0,
-                progress_message = '', update_time = now(), version = version + 1
-             WHERE id = $1 AND attempt = $2 AND state = 'queued'
-             RETURNING {JOB_COLUMNS}"
-        );
-        let rows = client
-            .query(
-                &client.prepare_cached(&sql).await?,
-                &[&id, &attempt, &worker_id, &ms(lease)],
+    /// Leases queued attempts to workers, one statement for all of them (each
+    /// fenced on its own: an attempt that is no longer queued fails alone, with
+    /// why). The ids are distinct ([`crate::batch`] keeps repeats for the next
+    /// batch).
+    pub(crate) async fn lease_many(&self, leases: &[Lease]) -> Vec<Outcome<Job>> {
+        let written = async {
+            let client = self.pool.get().await?;
+            let sql = format!(
+                "UPDATE jobs SET state = 'running', worker_id = b.b_worker, lease_ms = b.b_lease_ms,
+                    lease_expires_at = now() + b.b_lease_ms * interval '1 millisecond',
+                    start_time = coalesce(start_time, now()), attempt_start_time = now(),
+                    progress_percent = 0,
+                    progress_message = '', update_time = now(), version = version + 1
+                 FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::bigint[])
+                    AS b(b_id, b_attempt, b_worker, b_lease_ms)
+                 WHERE id = b.b_id AND attempt = b.b_attempt AND state = 'queued'
+                 RETURNING {JOB_COLUMNS}"
+            );
+            let ids: Vec<Uuid> = leases.iter().map(|l| l.id).collect();
+            let attempts: Vec<i32> = leases.iter().map(|l| l.attempt).collect();
+            let workers: Vec<&str> = leases.iter().map(|l| l.worker_id.as_str()).collect();
+            let lease_ms: Vec<i64> = leases.iter().map(|l| ms(l.lease)).collect();
+            Ok::<_, Error>(
+                client
+                    .query(
+                        &client.prepare_cached(&sql).await?,
+                        &[&ids, &attempts, &workers, &lease_ms],
+                    )
+                    .await?,
             )
-            .await?;
-        match one(&rows)? {
-            Some(job) => {
-                tracing::debug!(job_id = %id, attempt, worker_id, "job leased");
-                crate::metrics::leased(&job);
-                crate::metrics::transitioned(&job);
-                self.events.publish(&job).await;
-                Ok(job)
+        };
+        let keys: Vec<(Uuid, i32)> = leases.iter().map(|l| (l.id, l.attempt)).collect();
+        let jobs = self.fenced(&keys, written.await, State::Queued).await;
+        for job in jobs.iter().flatten() {
+            tracing::debug!(job_id = %job.id, attempt = job.attempt, worker_id = job.worker_id.as_deref(), "job leased");
+            crate::metrics::leased(job);
+        }
+        self.published(&jobs).await;
+        jobs
+    }
+
+    /// The outcome of each call `keys` of a batch statement that `rows` (its
+    /// returned jobs) answered: the job, or why its fence refused it.
+    async fn fenced(
+        &self,
+        keys: &[(Uuid, i32)],
+        rows: Result<Vec<tokio_postgres::Row>>,
+        expected: State,
+    ) -> Vec<Outcome<Job>> {
+        let mut found = match rows.and_then(|rows| {
+            rows.iter()
+                .map(|row| Job::try_from(row).map(|job| (job.id, job)))
+                .collect::<Result<std::collections::HashMap<_, _>>>()
+        }) {
+            Ok(found) => found,
+            Err(error) => {
+                let status = tonic::Status::from(error);
+                return keys.iter().map(|_| Err(status.clone())).collect();
             }
-            None => Err(self.explain_fence(id, attempt, State::Queued).await?),
+        };
+        let mut outcomes = Vec::with_capacity(keys.len());
+        for &(id, attempt) in keys {
+            outcomes.push(match found.remove(&id) {
+                Some(job) => Ok(job),
+                None => Err(match self.explain_fence(id, attempt, expected).await {
+                    Ok(why) | Err(why) => why.into(),
+                }),
+            });
+        }
+        outcomes
+    }
+
+    /// Records the transitions of `jobs` that were written (metrics, events).
+    async fn published(&self, jobs: &[Outcome<Job>]) {
+        for job in jobs.iter().flatten() {
+            crate::metrics::transitioned(job);
+            self.events.publish(job).await;
         }
     }
 
@@ -438,68 +509,72 @@ impl Store {
         Ok(check)
     }
 
-    /// Records progress of a running attempt (which also extends its lease).
-    pub(crate) async fn progress(
-        &self,
-        id: Uuid,
-        attempt: i32,
-        percent: i32,
-        message: &str,
-    ) -> Result<Job> {
-        let client = self.pool.get().await?;
-        let sql = format!(
-            "UPDATE jobs SET progress_percent = $3, progress_message = $4,
-                lease_expires_at = now() + lease_ms * interval '1 millisecond',
-                update_time = now(), version = version + 1
-             WHERE id = $1 AND attempt = $2 AND state = 'running'
-             RETURNING {JOB_COLUMNS}"
-        );
-        let rows = client
-            .query(
-                &client.prepare_cached(&sql).await?,
-                &[&id, &attempt, &percent, &message],
+    /// Records the progress of running attempts (which also extends their
+    /// leases). One statement for all of them, each fenced on its own; the ids
+    /// are distinct.
+    pub(crate) async fn progress_many(&self, reports: Vec<Progress>) -> Vec<Outcome<Job>> {
+        let keys: Vec<(Uuid, i32)> = reports.iter().map(|r| (r.id, r.attempt)).collect();
+        let written = async {
+            let client = self.pool.get().await?;
+            let sql = format!(
+                "UPDATE jobs SET progress_percent = b.b_percent, progress_message = b.b_message,
+                    lease_expires_at = now() + lease_ms * interval '1 millisecond',
+                    update_time = now(), version = version + 1
+                 FROM unnest($1::uuid[], $2::integer[], $3::integer[], $4::text[])
+                    AS b(b_id, b_attempt, b_percent, b_message)
+                 WHERE id = b.b_id AND attempt = b.b_attempt AND state = 'running'
+                 RETURNING {JOB_COLUMNS}"
+            );
+            let ids: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
+            let attempts: Vec<i32> = keys.iter().map(|k| k.1).collect();
+            let percents: Vec<i32> = reports.iter().map(|r| r.percent).collect();
+            let messages: Vec<&str> = reports.iter().map(|r| r.message.as_str()).collect();
+            Ok::<_, Error>(
+                client
+                    .query(
+                        &client.prepare_cached(&sql).await?,
+                        &[&ids, &attempts, &percents, &messages],
+                    )
+                    .await?,
             )
-            .await?;
-        match one(&rows)? {
-            Some(job) => {
-                crate::metrics::transitioned(&job);
-                self.events.publish(&job).await;
-                Ok(job)
-            }
-            None => Err(self.explain_fence(id, attempt, State::Running).await?),
-        }
+        };
+        let jobs = self.fenced(&keys, written.await, State::Running).await;
+        self.published(&jobs).await;
+        jobs
     }
 
-    /// Records the result of a running attempt: the job SUCCEEDED.
-    pub(crate) async fn complete(
-        &self,
-        id: Uuid,
-        attempt: i32,
-        result: serde_json::Value,
-    ) -> Result<Job> {
-        let client = self.pool.get().await?;
-        let sql = format!(
-            "UPDATE jobs SET state = 'succeeded', result = $3, progress_percent = 100,
-                finish_time = now(), lease_expires_at = NULL, update_time = now(),
-                version = version + 1
-             WHERE id = $1 AND attempt = $2 AND state = 'running'
-             RETURNING {JOB_COLUMNS}"
-        );
-        let rows = client
-            .query(
-                &client.prepare_cached(&sql).await?,
-                &[&id, &attempt, &result],
+    /// Records the results of running attempts: their jobs SUCCEEDED. One
+    /// statement for all of them, each fenced on its own; the ids are distinct.
+    pub(crate) async fn complete_many(&self, results: Vec<Completion>) -> Vec<Outcome<Job>> {
+        let keys: Vec<(Uuid, i32)> = results.iter().map(|r| (r.id, r.attempt)).collect();
+        let written = async {
+            let client = self.pool.get().await?;
+            let sql = format!(
+                "UPDATE jobs SET state = 'succeeded', result = b.b_result, progress_percent = 100,
+                    finish_time = now(), lease_expires_at = NULL, update_time = now(),
+                    version = version + 1
+                 FROM unnest($1::uuid[], $2::integer[], $3::jsonb[]) AS b(b_id, b_attempt, b_result)
+                 WHERE id = b.b_id AND attempt = b.b_attempt AND state = 'running'
+                 RETURNING {JOB_COLUMNS}"
+            );
+            let ids: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
+            let attempts: Vec<i32> = keys.iter().map(|k| k.1).collect();
+            let values: Vec<serde_json::Value> = results.into_iter().map(|r| r.result).collect();
+            Ok::<_, Error>(
+                client
+                    .query(
+                        &client.prepare_cached(&sql).await?,
+                        &[&ids, &attempts, &values],
+                    )
+                    .await?,
             )
-            .await?;
-        match one(&rows)? {
-            Some(job) => {
-                tracing::debug!(job_id = %id, attempt, "job succeeded");
-                crate::metrics::transitioned(&job);
-                self.events.publish(&job).await;
-                Ok(job)
-            }
-            None => Err(self.explain_fence(id, attempt, State::Running).await?),
+        };
+        let jobs = self.fenced(&keys, written.await, State::Running).await;
+        for job in jobs.iter().flatten() {
+            tracing::debug!(job_id = %job.id, attempt = job.attempt, "job succeeded");
         }
+        self.published(&jobs).await;
+        jobs
     }
 
     /// Records a failed attempt: the job is queued again after its backoff when the
