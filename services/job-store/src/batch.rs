@@ -21,8 +21,14 @@ use crate::store::{Completion, Lease, Progress, Store};
 const MAX_BATCH: usize = 256;
 /// Calls waiting for a batch before callers wait to enqueue.
 const QUEUE: usize = 4096;
-/// Batches of one kind written at once (each holds one connection).
-const CONCURRENT_BATCHES: usize = 4;
+/// Submission batches written at once (each holds one connection). Submitters
+/// wait for nothing else, so several batches may be in flight.
+const SUBMIT_WRITERS: usize = 4;
+/// Lease and report batches written at once: one, so that whatever arrives
+/// while a batch is written forms the next (a worker's slots cycle through
+/// lease and report in step, and with more writers each call would find one
+/// free and go alone).
+const REPORT_WRITERS: usize = 1;
 
 /// The outcome of one call.
 pub(crate) type Outcome<O> = Result<O, tonic::Status>;
@@ -42,12 +48,13 @@ impl<I, O> Clone for Batcher<I, O> {
 }
 
 impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
-    /// A batcher whose batches `write` stores, answering each call in order
-    /// (one outcome per call), until `shutdown`.
+    /// A batcher whose batches `write` stores, at most `writers` at once,
+    /// answering each call in order (one outcome per call), until `shutdown`.
     ///
     /// Calls with the same `key` (a job id) never share a batch: a later one
     /// waits for the next, so that one statement updates each row once.
     pub(crate) fn start<W, F>(
+        writers: usize,
         key: fn(&I) -> Option<Uuid>,
         write: W,
         shutdown: CancellationToken,
@@ -57,7 +64,7 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         F: Future<Output = Vec<Outcome<O>>> + Send + 'static,
     {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(collect(key, Arc::new(write), rx, shutdown));
+        tokio::spawn(collect(writers, key, Arc::new(write), rx, shutdown));
         Self { tx }
     }
 
@@ -77,6 +84,7 @@ fn shutting_down() -> tonic::Status {
 }
 
 async fn collect<I, O, W, F>(
+    writers: usize,
     key: fn(&I) -> Option<Uuid>,
     write: Arc<W>,
     mut rx: mpsc::Receiver<(I, Reply<O>)>,
@@ -87,7 +95,7 @@ async fn collect<I, O, W, F>(
     W: Fn(Vec<I>) -> F + Send + Sync + 'static,
     F: Future<Output = Vec<Outcome<O>>> + Send + 'static,
 {
-    let permits = Arc::new(Semaphore::new(CONCURRENT_BATCHES));
+    let permits = Arc::new(Semaphore::new(writers));
     // Calls taken from the queue that wait for a later batch (their key was in
     // the one being formed).
     let mut held: VecDeque<(I, Reply<O>)> = VecDeque::new();
@@ -170,6 +178,7 @@ impl Writes {
         let create = {
             let store = store.clone();
             Batcher::start(
+                SUBMIT_WRITERS,
                 |_| None,
                 move |jobs: Vec<NewJob>| {
                     let store = store.clone();
@@ -181,6 +190,7 @@ impl Writes {
         let lease = {
             let store = store.clone();
             Batcher::start(
+                REPORT_WRITERS,
                 |lease: &Lease| Some(lease.id),
                 move |leases: Vec<Lease>| {
                     let store = store.clone();
@@ -192,6 +202,7 @@ impl Writes {
         let progress = {
             let store = store.clone();
             Batcher::start(
+                REPORT_WRITERS,
                 |report: &Progress| Some(report.id),
                 move |reports: Vec<Progress>| {
                     let store = store.clone();
@@ -203,6 +214,7 @@ impl Writes {
         let complete = {
             let store = store.clone();
             Batcher::start(
+                REPORT_WRITERS,
                 |done: &Completion| Some(done.id),
                 move |results: Vec<Completion>| {
                     let store = store.clone();

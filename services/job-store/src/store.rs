@@ -406,7 +406,7 @@ impl Store {
                     progress_message = '', update_time = now(), version = version + 1
                  FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::bigint[])
                     AS b(b_id, b_attempt, b_worker, b_lease_ms)
-                 WHERE id = b.b_id AND attempt = b.b_attempt AND state = 'queued'
+                 WHERE id = ANY($1) AND id = b.b_id AND attempt = b.b_attempt AND state = 'queued'
                  RETURNING {JOB_COLUMNS}"
             );
             let ids: Vec<Uuid> = leases.iter().map(|l| l.id).collect();
@@ -522,7 +522,7 @@ impl Store {
                     update_time = now(), version = version + 1
                  FROM unnest($1::uuid[], $2::integer[], $3::integer[], $4::text[])
                     AS b(b_id, b_attempt, b_percent, b_message)
-                 WHERE id = b.b_id AND attempt = b.b_attempt AND state = 'running'
+                 WHERE id = ANY($1) AND id = b.b_id AND attempt = b.b_attempt AND state = 'running'
                  RETURNING {JOB_COLUMNS}"
             );
             let ids: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
@@ -554,7 +554,7 @@ impl Store {
                     finish_time = now(), lease_expires_at = NULL, update_time = now(),
                     version = version + 1
                  FROM unnest($1::uuid[], $2::integer[], $3::jsonb[]) AS b(b_id, b_attempt, b_result)
-                 WHERE id = b.b_id AND attempt = b.b_attempt AND state = 'running'
+                 WHERE id = ANY($1) AND id = b.b_id AND attempt = b.b_attempt AND state = 'running'
                  RETURNING {JOB_COLUMNS}"
             );
             let ids: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
