@@ -80,11 +80,22 @@ pub(crate) async fn run(task: String, ctx: Arc<Dispatcher>, shutdown: Cancellati
             };
             match message {
                 Some(Ok(message)) => {
+                    // The slot is taken here, before the next pull counts the free
+                    // ones: taken in the delivery's task, it would still look free
+                    // to the next pull, whose extra messages would find no slot
+                    // and wait RETRY_DELAY to come back.
+                    let slot = queued_attempt(&message).map(|queued| {
+                        (
+                            ctx.registry
+                                .reserve(&task, &(queued.job_id.clone(), queued.attempt)),
+                            queued,
+                        )
+                    });
                     let ctx = Arc::clone(&ctx);
                     let task = task.clone();
                     ctx.tracker
                         .clone()
-                        .spawn(async move { deliver(&ctx, &task, message).await });
+                        .spawn(async move { deliver(&ctx, &task, message, slot).await });
                 }
                 Some(Err(error)) => {
                     tracing::debug!(task, %error, "pull batch ended with an error");
@@ -121,19 +132,34 @@ async fn consumer(
         .map_err(|e| e.to_string())
 }
 
-/// Leases one queued attempt to a worker with a free slot and sends it the
-/// assignment, in a span of the job's trace (its context came in the message).
-async fn deliver(ctx: &Dispatcher, task: &str, message: jetstream::Message) {
-    let queued = match QueuedAttempt::decode(message.payload.clone()) {
+/// The attempt a queue message is about; `None` when it cannot be read.
+fn queued_attempt(message: &jetstream::Message) -> Option<jobmesh_proto::internal::JobAttempt> {
+    match QueuedAttempt::decode(message.payload.clone()) {
         Ok(QueuedAttempt {
             attempt: Some(attempt),
             ..
-        }) => attempt,
-        _ => {
-            tracing::error!(task, subject = %message.subject, "undecodable queue message, dropping it");
-            ack(&message, AckKind::Term).await;
-            return;
-        }
+        }) => Some(attempt),
+        _ => None,
+    }
+}
+
+/// Leases one queued attempt to the worker whose slot was reserved for it and
+/// sends it the assignment, in a span of the job's trace (its context came in
+/// the message). `slot` is what the consumer read and reserved: `None` for a
+/// message it could not read, a `None` slot when no slot was free.
+async fn deliver(
+    ctx: &Dispatcher,
+    task: &str,
+    message: jetstream::Message,
+    slot: Option<(
+        Option<crate::registry::Slot>,
+        jobmesh_proto::internal::JobAttempt,
+    )>,
+) {
+    let Some((slot, queued)) = slot else {
+        tracing::error!(task, subject = %message.subject, "undecodable queue message, dropping it");
+        ack(&message, AckKind::Term).await;
+        return;
     };
     let parent = message
         .headers
@@ -163,20 +189,19 @@ async fn deliver(ctx: &Dispatcher, task: &str, message: jetstream::Message) {
     };
     jobmesh_runtime::trace::adopt(&span, parent);
     let context = span.context();
-    lease_and_assign(ctx, task, message, queued, context)
+    lease_and_assign(ctx, message, queued, slot, context)
         .instrument(span)
         .await;
 }
 
 async fn lease_and_assign(
     ctx: &Dispatcher,
-    task: &str,
     message: jetstream::Message,
     queued: jobmesh_proto::internal::JobAttempt,
+    slot: Option<crate::registry::Slot>,
     context: opentelemetry::Context,
 ) {
-    let key = (queued.job_id.clone(), queued.attempt);
-    let Some(slot) = ctx.registry.reserve(task, &key) else {
+    let Some(slot) = slot else {
         ack(&message, AckKind::Nak(Some(RETRY_DELAY))).await;
         return;
     };

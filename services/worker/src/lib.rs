@@ -6,6 +6,7 @@
 
 mod builtin;
 mod config;
+mod error;
 mod exec;
 mod handler;
 mod outbound;
@@ -28,6 +29,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 pub use config::Config;
+pub use error::RunError;
 pub use exec::{parse as parse_exec, register as register_exec};
 pub use handler::{Handler, Handlers, JobContext, TaskError};
 pub use jobmesh_proto::v1::LogStream;
@@ -41,13 +43,6 @@ const CANCEL_GRACE: Duration = Duration::from_secs(5);
 /// How long a worker that closed its side waits for the dispatcher to end the
 /// session (so the reports it sent last are read before the call goes).
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
-
-/// Why a worker cannot run.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("worker configuration: {0}")]
-    Config(String),
-}
 
 /// Runs a worker with the built-in tasks and the `--exec` commands until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
