@@ -67,6 +67,13 @@ pub(crate) struct BenchArgs {
     /// Sample the resident memory of this process (the mesh) in abuse mode.
     #[arg(long)]
     pub(crate) watch_pid: Option<u32>,
+    /// Watch every job of the throughput phase: each submitter follows its job
+    /// with `WatchJob` until it ends before submitting the next, and the lag of
+    /// every update it sees (from the update's time in job-store to its arrival)
+    /// is reported. With `--task demo.sleep --args '{"seconds": 0, "steps": 10}'`
+    /// that is ten progress updates per job.
+    #[arg(long)]
+    pub(crate) watch: bool,
     /// Print the figures as one JSON object instead of text.
     #[arg(long)]
     pub(crate) json: bool,
@@ -116,7 +123,9 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let next = Arc::clone(&next);
         let (jobs, task, run_id) = (args.jobs, args.task.clone(), run_id.clone());
         let job_args = args.args.as_ref().map(jobmesh_proto::json::json_to_struct);
+        let watch = args.watch;
         lanes.spawn(async move {
+            let mut lags = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < jobs {
                 let request = v1::SubmitJobRequest {
                     task: task.clone(),
@@ -124,14 +133,20 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     labels: [("bench".to_owned(), run_id.clone())].into(),
                     ..Default::default()
                 };
-                client.submit_job(request).await?;
+                let job = client.submit_job(request).await?.into_inner().job;
+                if watch {
+                    let job_id = job.map(|j| j.id).unwrap_or_default();
+                    watch_lags(&mut client, job_id, &mut lags).await?;
+                }
             }
-            Ok::<_, tonic::Status>(())
+            Ok::<_, tonic::Status>(lags)
         });
     }
+    let mut lags = Vec::new();
     while let Some(lane) = lanes.join_next().await {
-        lane?.context("submit failed")?;
+        lags.extend(lane?.context("submit failed")?);
     }
+    lags.sort_by(f64::total_cmp);
     let submit_seconds = started.elapsed().as_secs_f64();
 
     // Wait until no job of the run is queued or running.
@@ -203,6 +218,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .clone()
             .submit_job(v1::SubmitJobRequest {
                 task: args.task.clone(),
+                args: args.args.as_ref().map(jobmesh_proto::json::json_to_struct),
                 labels: [("bench".to_owned(), format!("{run_id}-rt"))].into(),
                 ..Default::default()
             })
@@ -237,6 +253,10 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "round_trips": args.round_trips,
         "round_trip_p50_ms": percentile(&round_trips, 50.0) * 1000.0,
         "round_trip_p99_ms": percentile(&round_trips, 99.0) * 1000.0,
+        "watched": args.watch,
+        "watch_updates": lags.len(),
+        "watch_lag_p50_ms": percentile(&lags, 50.0),
+        "watch_lag_p99_ms": percentile(&lags, 99.0),
     });
     if args.json {
         println!("{figures}");
@@ -260,6 +280,15 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             percentile(&round_trips, 50.0) * 1000.0,
             percentile(&round_trips, 99.0) * 1000.0,
         );
+        if args.watch {
+            println!(
+                "watch lag (update stored → seen by its watcher, {} updates)\n\
+                 \x20                    p50 {:>8.1} ms   p99 {:>8.1} ms",
+                lags.len(),
+                percentile(&lags, 50.0),
+                percentile(&lags, 99.0),
+            );
+        }
     }
     if succeeded != args.jobs {
         bail!("only {succeeded} of {} jobs succeeded", args.jobs);
@@ -375,6 +404,37 @@ async fn overload(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 /// One job submitted, watched to its end: the client's round trip in seconds.
+/// Follows job `job_id` until it ends, adding the lag of every update after
+/// the first (the first is the state the watch starts from, not news) to `lags`
+/// in ms: the arrival time less the update's time in job-store (one machine's
+/// clock).
+async fn watch_lags(
+    client: &mut v1::job_service_client::JobServiceClient<jobmesh_auth::AuthChannel>,
+    job_id: String,
+    lags: &mut Vec<f64>,
+) -> Result<(), tonic::Status> {
+    let mut stream = client
+        .watch_job(v1::WatchJobRequest { job_id })
+        .await?
+        .into_inner();
+    let mut first = true;
+    while let Some(event) = stream.message().await? {
+        let Some(job) = event.job else { continue };
+        let arrived = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        if !first && let Some(updated) = seconds(&job.update_time) {
+            lags.push((arrived - updated).max(0.0) * 1000.0);
+        }
+        first = false;
+        if job.state().is_terminal() {
+            break;
+        }
+    }
+    Ok(())
+}
+
 pub(crate) async fn round_trip(
     client: &mut v1::job_service_client::JobServiceClient<jobmesh_auth::AuthChannel>,
     task: &str,

@@ -90,6 +90,15 @@ app = Celery("celery_peer")
 app.conf.update(settings_from_env())
 
 
+@app.task(name="bench.progress", bind=True)
+def progress(self, i, steps):
+    """The progress workload: ``steps`` ``update_state`` calls, then done (the
+    peer of ``jobmesh bench --task demo.sleep --args '{"seconds": 0, "steps": N}'``)."""
+    for step in range(1, steps + 1):
+        self.update_state(state="PROGRESS", meta={"step": step, "of": steps})
+    return i
+
+
 @app.task(name=TASK_NAME)
 def noop(*args, **kwargs):
     """The job: does nothing, returns its args."""
@@ -346,7 +355,10 @@ def submit_phase(args, prefix: str) -> tuple[list[float], float]:
                 return
             submitted_at[i] = time.time()
             try:
-                noop.apply_async(args=(i,), task_id=f"{prefix}-{i:08d}")
+                if args.steps:
+                    progress.apply_async(args=(i, args.steps), task_id=f"{prefix}-{i:08d}")
+                else:
+                    noop.apply_async(args=(i,), task_id=f"{prefix}-{i:08d}")
             except BaseException as exc:  # noqa: BLE001 - reported below
                 errors.append(exc)
                 return
@@ -406,6 +418,9 @@ def main() -> int:
                         "deleted after a successful run)")
     p.add_argument("--keep-results", action="store_true",
                    help="keep this run's rows in celery_taskmeta (deleted by default)")
+    p.add_argument("--steps", type=int, default=0,
+                   help="the progress workload: each job of the throughput phase calls "
+                        "update_state this many times (default 0: no-op jobs)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args()
     if args.jobs < 1 or args.concurrency < 1 or args.round_trips < 0:
@@ -565,7 +580,8 @@ def main() -> int:
     figures = {
         "jobs": args.jobs,
         "concurrency": args.concurrency,
-        "task": TASK_NAME,
+        "task": "bench.progress" if args.steps else TASK_NAME,
+        "steps": args.steps,
         "succeeded": succeeded,
         "submit_per_second": args.jobs / submit_seconds,
         "e2e_jobs_per_second": len(latencies) / e2e_seconds,
@@ -595,7 +611,7 @@ def main() -> int:
         print(
             f"celery {f['celery_version']} (kombu {f['kombu_version']}), broker {broker_kind}, "
             f"result backend {f['result_backend']}, worker {args.worker_pool} x {args.worker_concurrency}\n"
-            f"jobs {args.jobs} ({succeeded} succeeded), concurrency {args.concurrency}, task {TASK_NAME}\n"
+            f"jobs {args.jobs} ({succeeded} succeeded), concurrency {args.concurrency}, task {f['task']}\n"
             f"submit rate          {f['submit_per_second']:>10.0f} jobs/s\n"
             f"end-to-end           {f['e2e_jobs_per_second']:>10.0f} jobs/s "
             f"(first submit → last date_done, host clock)\n"

@@ -6,6 +6,9 @@
 # the median of each figure and jobmesh's ratio to each peer.
 #
 #   tests/bench/compare.sh [RUNS=3] [JOBS=5000] [CONCURRENCY=64] [ROUND_TRIPS=100]
+#   STEPS=10 tests/bench/compare.sh …   # the progress workload: 10 progress updates per job
+#                                        # (jobmesh: demo.sleep, every job watched, watch lag;
+#                                        # Celery: 10 update_state calls per task)
 #
 # Needs PostgreSQL, NATS (JetStream) and RabbitMQ running locally; uses the Redis
 # on 127.0.0.1:6379 when it answers and starts its own (port 6390, no
@@ -16,6 +19,12 @@ cd "$(dirname "$0")/../.."
 RUNS=${1:-3} JOBS=${2:-5000} CONCURRENCY=${3:-64} ROUND_TRIPS=${4:-100}
 WORKER_SLOTS=16
 CORES=$(nproc)
+STEPS=${STEPS:-0}
+JOBMESH_WORKLOAD=() CELERY_WORKLOAD=()
+if [ "$STEPS" -gt 0 ]; then
+    JOBMESH_WORKLOAD=(--task demo.sleep --args "{\"seconds\": 0, \"steps\": $STEPS}" --watch)
+    CELERY_WORKLOAD=(--steps "$STEPS")
+fi
 VENV=${CELERY_VENV:-$HOME/.cache/jobmesh/celery-venv}
 OUT=$(mktemp -d)
 
@@ -46,14 +55,16 @@ for _ in $(seq 1 60); do "$JOBMESH" tasks --gateway http://127.0.0.1:59051 >/dev
 for run in $(seq 1 "$RUNS"); do
     echo "round $run/$RUNS: jobmesh" >&2
     "$JOBMESH" bench --gateway http://127.0.0.1:59051 --jobs "$JOBS" --concurrency "$CONCURRENCY" \
-        --round-trips "$ROUND_TRIPS" --json >>"$OUT/jobmesh.jsonl"
+        --round-trips "$ROUND_TRIPS" --json ${JOBMESH_WORKLOAD[@]+"${JOBMESH_WORKLOAD[@]}"} >>"$OUT/jobmesh.jsonl"
     echo "round $run/$RUNS: celery (durable)" >&2
     "$VENV/bin/python" tests/bench/celery_peer.py --jobs "$JOBS" --concurrency "$CONCURRENCY" \
-        --round-trips "$ROUND_TRIPS" --worker-concurrency "$WORKER_SLOTS" --json >>"$OUT/celery.jsonl"
+        --round-trips "$ROUND_TRIPS" --worker-concurrency "$WORKER_SLOTS" --json \
+        ${CELERY_WORKLOAD[@]+"${CELERY_WORKLOAD[@]}"} >>"$OUT/celery.jsonl"
     echo "round $run/$RUNS: celery (redis)" >&2
     "$VENV/bin/python" tests/bench/celery_peer.py --profile redis --broker "$REDIS_URL" \
         --jobs "$JOBS" --concurrency "$CONCURRENCY" --round-trips "$ROUND_TRIPS" \
-        --worker-concurrency "$CORES" --worker-loglevel WARNING --json >>"$OUT/celery_redis.jsonl"
+        --worker-concurrency "$CORES" --worker-loglevel WARNING --json \
+        ${CELERY_WORKLOAD[@]+"${CELERY_WORKLOAD[@]}"} >>"$OUT/celery_redis.jsonl"
 done
 
 python3 - "$OUT" "$RUNS" "$JOBS" "$CONCURRENCY" "$ROUND_TRIPS" "$WORKER_SLOTS" "$CORES" <<'PY'
@@ -70,6 +81,8 @@ rows = [
     ("submit → finished p99 (ms)", "latency_p99_ms", "{:.0f}", False),
     ("round trip p50 (ms)", "round_trip_p50_ms", "{:.1f}", False),
     ("round trip p99 (ms)", "round_trip_p99_ms", "{:.1f}", False),
+    ("watch lag p50 (ms, jobmesh only)", "watch_lag_p50_ms", "{:.1f}", False),
+    ("watch lag p99 (ms, jobmesh only)", "watch_lag_p99_ms", "{:.1f}", False),
 ]
 def median(name, key):
     values = [r[key] for r in systems[name] if r.get(key) is not None]
@@ -78,7 +91,8 @@ def ratio(ours, theirs, higher):
     if ours is None or theirs is None or ours == 0 or theirs == 0:
         return "n/a"
     return f"{(ours / theirs) if higher else (theirs / ours):.1f}×"
-print(f"median of {runs} runs; {jobs} no-op jobs, {conc} in flight, {rts} round trips")
+workload = systems["jobmesh"][0].get("task", "?") if systems["jobmesh"] else "?"
+print(f"median of {runs} runs; {jobs} jobs ({workload}), {conc} in flight, {rts} round trips")
 print(f"| figure | jobmesh ({slots} slots) | Celery durable (RabbitMQ + PostgreSQL, prefork {slots}) "
       f"| Celery + Redis (prefork {cores}) | jobmesh vs durable | jobmesh vs Redis |")
 print("|---|---|---|---|---|---|")
