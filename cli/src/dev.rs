@@ -68,6 +68,11 @@ pub(crate) struct DevArgs {
     /// Calls the gateway handles at once before refusing more (load shedding).
     #[arg(long, env = "JOBMESH_MAX_INFLIGHT", default_value_t = 512)]
     max_inflight: usize,
+    /// How often the newest progress of each running job is written
+    /// (milliseconds); reports in between reach watchers at once. 0 writes
+    /// every report before answering it.
+    #[arg(long, env = "JOBMESH_PROGRESS_INTERVAL_MS", default_value_t = 250)]
+    progress_interval_ms: u64,
     /// Where the dashboard links a job's trace, with `{trace_id}` in it, e.g.
     /// `http://localhost:16686/trace/{trace_id}` (Jaeger).
     #[arg(long, env = "JOBMESH_UI_TRACE_URL")]
@@ -150,9 +155,12 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
             tracing::warn!(address = %args.metrics_listen, %error, "metrics not served: cannot listen");
         }
     }
+    let mut store_config =
+        jobmesh_job_store::Config::new(args.database_url.clone(), args.nats.clone());
+    store_config.progress_interval_ms = args.progress_interval_ms;
     let mut mesh = jobmesh_mesh::Mesh::start(
         jobmesh_mesh::Plan {
-            store: jobmesh_job_store::Config::new(args.database_url.clone(), args.nats.clone()),
+            store: store_config,
             dispatcher: dispatcher_config,
             gateway: gateway_config,
         },

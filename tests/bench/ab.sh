@@ -46,7 +46,9 @@ print("| figure | A | B | rounds A | rounds B |")
 print("|---|---|---|---|---|")
 for label, key in [("submit rate (jobs/s)", "submit_per_second"), ("end-to-end (jobs/s)", "e2e_jobs_per_second"),
                    ("submit → finished p50 (ms)", "latency_p50_ms"), ("round trip p50 (ms)", "round_trip_p50_ms"),
-                   ("round trip p99 (ms)", "round_trip_p99_ms")]:
+                   ("round trip p99 (ms)", "round_trip_p99_ms"),
+                   ("watch lag p50 (ms)", "watch_lag_p50_ms"), ("watch lag p99 (ms)", "watch_lag_p99_ms"),
+                   ("watch updates seen", "watch_updates")]:
     va = [r[key] for r in a if r.get(key) is not None]
     vb = [r[key] for r in b if r.get(key) is not None]
     med = lambda v: f"{statistics.median(v):.1f}" if v else "n/a"

@@ -91,6 +91,117 @@ async fn watch_shows_snapshot_then_running_progress_and_result() -> anyhow::Resu
     Ok(())
 }
 
+/// DESIGN: progress is coalesced before it is written, and watchers see each
+/// update live. A job reporting 200 times in 2 s: its watcher sees all 200
+/// reports, one version each, in order; PostgreSQL writes its row a few
+/// times; `GetJob` shows the progress the watcher saw even before it is
+/// written; and the stored job ends at the watcher's last version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_report_reaches_watchers_while_postgres_writes_few() -> anyhow::Result<()> {
+    let mesh = Mesh::start(MeshOptions::default()).await?;
+    let (db, connection) = tokio_postgres::connect(
+        &format!("{}/{}", jobmesh_tests::postgres_server(), mesh.database),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    tokio::spawn(connection);
+    // Every write of a job's row, counted by PostgreSQL itself.
+    db.batch_execute(
+        "CREATE TABLE row_writes (job_id uuid, version bigint);
+         CREATE FUNCTION count_write() RETURNS trigger LANGUAGE plpgsql AS
+            $$ BEGIN INSERT INTO row_writes VALUES (NEW.id, NEW.version); RETURN NEW; END $$;
+         CREATE TRIGGER count_writes AFTER UPDATE ON jobs
+            FOR EACH ROW EXECUTE FUNCTION count_write();",
+    )
+    .await?;
+    let mut request = submit("demo.sleep", json!({"seconds": 2, "steps": 200}));
+    request.schedule_time = Some((SystemTime::now() + Duration::from_secs(1)).into());
+    let job = mesh.submit(request).await?;
+    let mut stream = mesh
+        .jobs()
+        .watch_job(v1::WatchJobRequest {
+            job_id: job.id.clone(),
+        })
+        .await?
+        .into_inner();
+    let mut events: Vec<v1::Job> = Vec::new();
+    let mut read_while_running = None;
+    tokio::time::timeout(LIMIT, async {
+        while let Some(event) = stream.message().await? {
+            let event = event.job.expect("a job");
+            let percent = event.progress.as_ref().map_or(0, |p| p.percent);
+            if read_while_running.is_none() && event.state() == JobState::Running && percent >= 50 {
+                let got = mesh
+                    .jobs()
+                    .get_job(v1::GetJobRequest {
+                        job_id: job.id.clone(),
+                    })
+                    .await?
+                    .into_inner()
+                    .job
+                    .expect("job");
+                read_while_running = Some((event.clone(), got));
+            }
+            events.push(event);
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+    .await??;
+
+    let versions: Vec<i64> = events.iter().map(|e| e.version).collect();
+    assert!(
+        versions.windows(2).all(|w| w[1] == w[0] + 1),
+        "one version per change, none missed or repeated: {versions:?}"
+    );
+    let reports: Vec<String> = events
+        .iter()
+        .filter(|e| e.state() == JobState::Running)
+        .filter_map(|e| e.progress.as_ref())
+        .map(|p| p.message.clone())
+        .filter(|m| m.starts_with("step "))
+        .collect();
+    let expected: Vec<String> = (1..=200).map(|n| format!("step {n}/200")).collect();
+    assert_eq!(reports, expected, "every report, live, in order");
+    let last = events.last().expect("events");
+    assert_eq!(last.state(), JobState::Succeeded);
+    assert_eq!(
+        last.progress
+            .as_ref()
+            .map(|p| (p.percent, p.message.as_str())),
+        Some((100, "step 200/200")),
+        "the end keeps the last report, written or not"
+    );
+
+    let (seen, got) = read_while_running.expect("a running event at 50 % or more");
+    assert!(
+        got.version >= seen.version
+            && got.progress.as_ref().map_or(0, |p| p.percent)
+                >= seen.progress.as_ref().map_or(0, |p| p.percent),
+        "GetJob shows what the watcher saw: {seen:?} then {got:?}"
+    );
+
+    let id: uuid::Uuid = job.id.parse()?;
+    let stored: i64 = db
+        .query_one("SELECT version FROM jobs WHERE id = $1", &[&id])
+        .await?
+        .get(0);
+    assert_eq!(
+        stored, last.version,
+        "PostgreSQL holds the last version watchers saw"
+    );
+    let writes: i64 = db
+        .query_one("SELECT count(*) FROM row_writes WHERE job_id = $1", &[&id])
+        .await?
+        .get(0);
+    // Lease and result, plus one write per 250 ms interval of reports (2 s): about 10.
+    assert!(
+        (2..=20).contains(&writes),
+        "{writes} writes of the job's row for 200 reports"
+    );
+    mesh.stop().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_pages_through_250_jobs_each_exactly_once_newest_first() -> anyhow::Result<()> {
     let mesh = Mesh::start(MeshOptions::default()).await?;

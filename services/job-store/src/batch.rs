@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::model::{Job, NewJob};
-use crate::store::{Completion, Lease, Progress, Store};
+use crate::store::{Completion, Lease, ProgressWrite, Store};
 
 /// Most calls written by one statement.
 const MAX_BATCH: usize = 256;
@@ -169,7 +169,7 @@ pub(crate) fn each<O, E: Into<tonic::Status>>(
 pub(crate) struct Writes {
     pub(crate) create: Batcher<NewJob, (Job, bool)>,
     pub(crate) lease: Batcher<Lease, Job>,
-    pub(crate) progress: Batcher<Progress, Job>,
+    pub(crate) progress: Batcher<ProgressWrite, Job>,
     pub(crate) complete: Batcher<Completion, Job>,
 }
 
@@ -203,8 +203,8 @@ impl Writes {
             let store = store.clone();
             Batcher::start(
                 REPORT_WRITERS,
-                |report: &Progress| Some(report.id),
-                move |reports: Vec<Progress>| {
+                |write: &ProgressWrite| Some(write.report.id),
+                move |reports: Vec<ProgressWrite>| {
                     let store = store.clone();
                     async move { store.progress_many(reports).await }
                 },

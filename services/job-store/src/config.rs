@@ -28,6 +28,11 @@ pub struct Config {
     /// revoked and the job ends CANCELLED anyway (milliseconds).
     #[arg(long, env = "JOBMESH_CANCEL_GRACE_MS", default_value_t = 30_000)]
     pub cancel_grace_ms: u64,
+    /// How often the newest progress of each running job is written
+    /// (milliseconds): reports in between reach watchers at once and PostgreSQL
+    /// with the next write. 0 writes every report before answering it.
+    #[arg(long, env = "JOBMESH_PROGRESS_INTERVAL_MS", default_value_t = 250)]
+    pub progress_interval_ms: u64,
     /// How often the outbox relay polls for rows it was not told about, such as
     /// delayed retries and rows left by a crashed replica (milliseconds).
     #[arg(long, env = "JOBMESH_OUTBOX_POLL_MS", default_value_t = 500)]
@@ -82,6 +87,7 @@ impl Config {
             sweep_interval_ms: 1000,
             cancel_grace_ms: 30_000,
             outbox_poll_ms: 500,
+            progress_interval_ms: 250,
             max_log_bytes_per_job: 16 * 1024 * 1024,
             log_retention: Duration::from_secs(7 * 86_400),
             metrics: jobmesh_runtime::metrics::MetricsConfig::default(),
@@ -96,6 +102,10 @@ impl Config {
 
     pub(crate) fn cancel_grace(&self) -> Duration {
         Duration::from_millis(self.cancel_grace_ms)
+    }
+
+    pub(crate) fn progress_interval(&self) -> Duration {
+        Duration::from_millis(self.progress_interval_ms)
     }
 
     pub(crate) fn outbox_poll(&self) -> Duration {

@@ -312,15 +312,25 @@ impl JobStoreService for JobStoreGrpc {
             }
             .into());
         }
+        let report = crate::store::Progress {
+            id,
+            attempt: number,
+            percent: r.percent,
+            message: without_nul(&r.message),
+        };
+        // An attempt live here is answered at once (watchers get the report
+        // now, PostgreSQL with the next coalesced write); any other is written first.
+        if let Some(job) = self.store.report_live(&report).await {
+            return Ok(Response::new(pb::ReportProgressResponse {
+                cancel_requested: job.cancel_requested,
+            }));
+        }
+        crate::metrics::progress_direct();
+        let floor = self.store.live().settle(id, Some(number)).floor;
         let updated = self
             .writes
             .progress
-            .call(crate::store::Progress {
-                id,
-                attempt: number,
-                percent: r.percent,
-                message: without_nul(&r.message),
-            })
+            .call(crate::store::ProgressWrite { report, floor })
             .await?;
         Ok(Response::new(pb::ReportProgressResponse {
             cancel_requested: updated.cancel_requested,

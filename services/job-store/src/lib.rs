@@ -16,6 +16,7 @@ mod metrics;
 mod model;
 mod outbox;
 mod page;
+mod progress;
 mod resync;
 mod store;
 mod sweeper;
@@ -71,7 +72,12 @@ pub async fn run(
     let wakeup = Arc::new(Notify::new());
     let events = events::Events::new(client.clone(), config.nats.clone());
     let logs = logs::Logs::new(pool.clone(), events.clone(), config.max_log_bytes_per_job);
-    let store = store::Store::new(pool.clone(), events, Arc::clone(&wakeup));
+    let store = store::Store::new(
+        pool.clone(),
+        events,
+        Arc::clone(&wakeup),
+        config.progress_interval(),
+    );
 
     let host = jobmesh_runtime::host::Host::new(
         "job-store",
@@ -98,6 +104,11 @@ pub async fn run(
         background.clone(),
     ));
     host.spawn(metrics::sample(pool.clone(), background.clone()));
+    host.spawn(progress::write(
+        store.clone(),
+        config.progress_interval(),
+        background.clone(),
+    ));
     host.spawn(logs::retention(
         logs.clone(),
         config.log_retention,

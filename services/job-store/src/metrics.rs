@@ -62,6 +62,16 @@ pub(crate) fn stale(kind: &'static str) {
     metrics::counter!("jobmesh_stale_reports_total", "kind" => kind).increment(1);
 }
 
+/// Counts a progress report held for the next coalesced write.
+pub(crate) fn progress_held() {
+    metrics::counter!("jobmesh_progress_reports_total", "path" => "coalesced").increment(1);
+}
+
+/// Counts a progress report written before its answer.
+pub(crate) fn progress_direct() {
+    metrics::counter!("jobmesh_progress_reports_total", "path" => "direct").increment(1);
+}
+
 /// Counts log lines stored and refused (their attempt was not running).
 pub(crate) fn log_lines(stored: u64, refused: u64) {
     metrics::counter!("jobmesh_log_lines_total", "outcome" => "stored").increment(stored);

@@ -140,6 +140,8 @@ pub(crate) struct Job {
     pub(crate) version: i64,
     /// The trace of the submitting call, when it was traced.
     pub(crate) trace_id: Option<String>,
+    /// The lease of the running attempt.
+    pub(crate) lease: Option<Duration>,
 }
 
 /// Columns read into a [`Job`], in one place so every query returns the same shape.
@@ -147,7 +149,7 @@ pub(crate) const JOB_COLUMNS: &str = "id, tenant, task, args, state, progress_pe
     progress_message, result, error_message, error_retryable, error_attempt, attempt, \
     max_attempts, labels, priority, timeout_ms, schedule_time, idempotency_key, \
     retry_initial_ms, retry_max_ms, retry_multiplier, retry_jitter, cancel_requested, \
-    worker_id, create_time, start_time, finish_time, update_time, version, traceparent";
+    worker_id, create_time, start_time, finish_time, update_time, version, traceparent, lease_ms";
 
 fn millis(ms: i64) -> Duration {
     Duration::from_millis(u64::try_from(ms).unwrap_or(0))
@@ -210,6 +212,7 @@ impl TryFrom<&Row> for Job {
                 .try_get::<_, Option<String>>("traceparent")?
                 .as_deref()
                 .and_then(trace_id_of),
+            lease: row.try_get::<_, Option<i64>>("lease_ms")?.map(millis),
         })
     }
 }

@@ -14,6 +14,7 @@ use crate::batch::Outcome;
 use crate::error::{Error, Result};
 use crate::events::Events;
 use crate::model::{JOB_COLUMNS, Job, NewJob, State};
+use crate::progress::{Live, Settled};
 
 /// Filters of a job listing.
 #[derive(Clone, Debug, Default)]
@@ -69,6 +70,13 @@ pub(crate) struct Progress {
     pub(crate) message: String,
 }
 
+/// A report to write, and the least version the write sets ([`Settled::floor`]).
+#[derive(Clone, Debug)]
+pub(crate) struct ProgressWrite {
+    pub(crate) report: Progress,
+    pub(crate) floor: i64,
+}
+
 /// A result reported: attempt `attempt` of job `id` succeeded with `result`.
 #[derive(Clone, Debug)]
 pub(crate) struct Completion {
@@ -83,6 +91,7 @@ pub(crate) struct Store {
     pool: Pool,
     events: Events,
     outbox_wakeup: Arc<Notify>,
+    live: Arc<Live>,
 }
 
 fn ms(d: Duration) -> i64 {
@@ -94,12 +103,25 @@ fn one(rows: &[tokio_postgres::Row]) -> Result<Option<Job>> {
 }
 
 impl Store {
-    pub(crate) fn new(pool: Pool, events: Events, outbox_wakeup: Arc<Notify>) -> Self {
+    /// A store whose progress is written every `progress_interval` (zero: each
+    /// report at once).
+    pub(crate) fn new(
+        pool: Pool,
+        events: Events,
+        outbox_wakeup: Arc<Notify>,
+        progress_interval: Duration,
+    ) -> Self {
         Self {
             pool,
             events,
             outbox_wakeup,
+            live: Arc::new(Live::new(!progress_interval.is_zero())),
         }
+    }
+
+    /// The running attempts whose progress is coalesced here.
+    pub(crate) fn live(&self) -> &Live {
+        &self.live
     }
 
     pub(crate) fn events(&self) -> &Events {
@@ -236,16 +258,19 @@ impl Store {
         Ok(out)
     }
 
-    /// One job of a tenant.
+    /// One job of a tenant, with the progress its watchers already saw (held
+    /// here for the next coalesced write).
     pub(crate) async fn get(&self, tenant: &str, id: Uuid) -> Result<Job> {
         let client = self.pool.get().await?;
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND tenant = $2");
         let rows = client
             .query(&client.prepare_cached(&sql).await?, &[&id, &tenant])
             .await?;
-        one(&rows)?.ok_or_else(|| Error::NotFound {
-            job_id: id.to_string(),
-        })
+        one(&rows)?
+            .map(|job| self.live.newer(&job).unwrap_or(job))
+            .ok_or_else(|| Error::NotFound {
+                job_id: id.to_string(),
+            })
     }
 
     /// The versions of those of `ids` that exist (any tenant: ids are unique).
@@ -371,12 +396,19 @@ impl Store {
                 tx.query(&tx.prepare_cached(&sql).await?, &[&id]).await?
             }
             State::Running => {
+                let settled = self.live.settle(id, None);
                 let sql = format!(
                     "UPDATE jobs SET cancel_requested = true, cancel_request_time = now(),
-                        update_time = now(), version = version + 1
-                     WHERE id = $1 RETURNING {JOB_COLUMNS}"
+                        update_time = now(), {}
+                     WHERE id = $1 RETURNING {JOB_COLUMNS}",
+                    settled_sql(2)
                 );
-                tx.query(&tx.prepare_cached(&sql).await?, &[&id]).await?
+                let (percent, message, floor) = settled.params();
+                tx.query(
+                    &tx.prepare_cached(&sql).await?,
+                    &[&id, &percent, &message, &floor],
+                )
+                .await?
             }
         };
         tx.commit().await?;
@@ -427,6 +459,7 @@ impl Store {
         for job in jobs.iter().flatten() {
             tracing::debug!(job_id = %job.id, attempt = job.attempt, worker_id = job.worker_id.as_deref(), "job leased");
             crate::metrics::leased(job);
+            self.live.confirmed(job, job.lease.unwrap_or_default());
         }
         self.published(&jobs).await;
         jobs
@@ -511,49 +544,107 @@ impl Store {
 
     /// Records the progress of running attempts (which also extends their
     /// leases). One statement for all of them, each fenced on its own; the ids
-    /// are distinct.
-    pub(crate) async fn progress_many(&self, reports: Vec<Progress>) -> Vec<Outcome<Job>> {
-        let keys: Vec<(Uuid, i32)> = reports.iter().map(|r| (r.id, r.attempt)).collect();
+    /// are distinct. Each write sets at least its floor as the job's version.
+    pub(crate) async fn progress_many(&self, writes: Vec<ProgressWrite>) -> Vec<Outcome<Job>> {
+        let keys: Vec<(Uuid, i32)> = writes
+            .iter()
+            .map(|w| (w.report.id, w.report.attempt))
+            .collect();
         let written = async {
             let client = self.pool.get().await?;
             let sql = format!(
                 "UPDATE jobs SET progress_percent = b.b_percent, progress_message = b.b_message,
                     lease_expires_at = now() + lease_ms * interval '1 millisecond',
-                    update_time = now(), version = version + 1
-                 FROM unnest($1::uuid[], $2::integer[], $3::integer[], $4::text[])
-                    AS b(b_id, b_attempt, b_percent, b_message)
+                    update_time = now(), version = greatest(version + 1, b.b_floor)
+                 FROM unnest($1::uuid[], $2::integer[], $3::integer[], $4::text[], $5::bigint[])
+                    AS b(b_id, b_attempt, b_percent, b_message, b_floor)
                  WHERE id = ANY($1) AND id = b.b_id AND attempt = b.b_attempt AND state = 'running'
                  RETURNING {JOB_COLUMNS}"
             );
             let ids: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
             let attempts: Vec<i32> = keys.iter().map(|k| k.1).collect();
-            let percents: Vec<i32> = reports.iter().map(|r| r.percent).collect();
-            let messages: Vec<&str> = reports.iter().map(|r| r.message.as_str()).collect();
+            let percents: Vec<i32> = writes.iter().map(|w| w.report.percent).collect();
+            let messages: Vec<&str> = writes.iter().map(|w| w.report.message.as_str()).collect();
+            let floors: Vec<i64> = writes.iter().map(|w| w.floor).collect();
             Ok::<_, Error>(
                 client
                     .query(
                         &client.prepare_cached(&sql).await?,
-                        &[&ids, &attempts, &percents, &messages],
+                        &[&ids, &attempts, &percents, &messages, &floors],
                     )
                     .await?,
             )
         };
         let jobs = self.fenced(&keys, written.await, State::Running).await;
+        for job in jobs.iter().flatten() {
+            self.live.confirmed(job, job.lease.unwrap_or_default());
+        }
         self.published(&jobs).await;
         jobs
+    }
+
+    /// A report of an attempt live here: published to watchers now, written
+    /// with the next [`Store::write_progress`]. `None` when it must be written
+    /// now (the attempt is not live here).
+    pub(crate) async fn report_live(&self, report: &Progress) -> Option<Job> {
+        let job = self.live.report(report)?;
+        crate::metrics::progress_held();
+        self.events.publish(&job).await;
+        Some(job)
+    }
+
+    /// Writes the newest held report of each live job, in batches of `batch`:
+    /// what [`Store::report_live`] answered since the last call.
+    pub(crate) async fn write_progress(&self, batch: usize) {
+        let due = self.live.due();
+        for chunk in due.chunks(batch.max(1)) {
+            let writes = chunk
+                .iter()
+                .map(|(report, version)| ProgressWrite {
+                    report: report.clone(),
+                    floor: *version,
+                })
+                .collect();
+            for (outcome, (report, _)) in self.progress_many(writes).await.into_iter().zip(chunk) {
+                match outcome {
+                    Ok(_) => {}
+                    Err(status)
+                        if matches!(
+                            status.code(),
+                            tonic::Code::FailedPrecondition | tonic::Code::NotFound
+                        ) =>
+                    {
+                        self.live.forget(report.id);
+                    }
+                    Err(status) => {
+                        tracing::debug!(job_id = %report.id, %status, "progress not written; retried");
+                        self.live.retry(report.id, report.attempt);
+                    }
+                }
+            }
+        }
     }
 
     /// Records the results of running attempts: their jobs SUCCEEDED. One
     /// statement for all of them, each fenced on its own; the ids are distinct.
     pub(crate) async fn complete_many(&self, results: Vec<Completion>) -> Vec<Outcome<Job>> {
         let keys: Vec<(Uuid, i32)> = results.iter().map(|r| (r.id, r.attempt)).collect();
+        let (floors, messages): (Vec<i64>, Vec<Option<String>>) = keys
+            .iter()
+            .map(|&(id, attempt)| {
+                let settled = self.live.settle(id, Some(attempt));
+                (settled.floor, settled.progress.map(|p| p.1))
+            })
+            .unzip();
         let written = async {
             let client = self.pool.get().await?;
             let sql = format!(
                 "UPDATE jobs SET state = 'succeeded', result = b.b_result, progress_percent = 100,
+                    progress_message = coalesce(b.b_message, progress_message),
                     finish_time = now(), lease_expires_at = NULL, update_time = now(),
-                    version = version + 1
-                 FROM unnest($1::uuid[], $2::integer[], $3::jsonb[]) AS b(b_id, b_attempt, b_result)
+                    version = greatest(version + 1, b.b_floor)
+                 FROM unnest($1::uuid[], $2::integer[], $3::jsonb[], $4::bigint[], $5::text[])
+                    AS b(b_id, b_attempt, b_result, b_floor, b_message)
                  WHERE id = ANY($1) AND id = b.b_id AND attempt = b.b_attempt AND state = 'running'
                  RETURNING {JOB_COLUMNS}"
             );
@@ -564,7 +655,7 @@ impl Store {
                 client
                     .query(
                         &client.prepare_cached(&sql).await?,
-                        &[&ids, &attempts, &values],
+                        &[&ids, &attempts, &values, &floors, &messages],
                     )
                     .await?,
             )
@@ -587,6 +678,21 @@ impl Store {
         message: &str,
         retryable: bool,
     ) -> Result<Job> {
+        let settled = self.live.settle(id, Some(attempt));
+        self.fail_settled(id, attempt, message, retryable, &settled)
+            .await
+    }
+
+    /// [`Store::fail`] of an attempt already taken out of [`Live`].
+    async fn fail_settled(
+        &self,
+        id: Uuid,
+        attempt: i32,
+        message: &str,
+        retryable: bool,
+        settled: &Settled,
+    ) -> Result<Job> {
+        let (percent, progress, floor) = settled.params();
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE");
@@ -601,22 +707,30 @@ impl Store {
             let sql = format!(
                 "UPDATE jobs SET state = 'cancelled', finish_time = now(), lease_expires_at = NULL,
                     error_message = $2, error_retryable = false, error_attempt = attempt,
-                    update_time = now(), version = version + 1
-                 WHERE id = $1 RETURNING {JOB_COLUMNS}"
+                    update_time = now(), {}
+                 WHERE id = $1 RETURNING {JOB_COLUMNS}",
+                settled_sql(3)
             );
             let message = format!("cancelled by request (the attempt ended with: {message})");
-            tx.query(&tx.prepare_cached(&sql).await?, &[&id, &message])
-                .await?
+            tx.query(
+                &tx.prepare_cached(&sql).await?,
+                &[&id, &message, &percent, &progress, &floor],
+            )
+            .await?
         } else if retryable && job.attempt < job.max_attempts {
             let backoff = job.retry.backoff(job.attempt);
             let sql = format!(
                 "UPDATE jobs SET state = 'queued', attempt = attempt + 1, worker_id = NULL,
                     lease_expires_at = NULL, error_message = $2, error_retryable = true,
-                    error_attempt = attempt, update_time = now(), version = version + 1
-                 WHERE id = $1 RETURNING {JOB_COLUMNS}"
+                    error_attempt = attempt, update_time = now(), {}
+                 WHERE id = $1 RETURNING {JOB_COLUMNS}",
+                settled_sql(3)
             );
             let rows = tx
-                .query(&tx.prepare_cached(&sql).await?, &[&id, &message])
+                .query(
+                    &tx.prepare_cached(&sql).await?,
+                    &[&id, &message, &percent, &progress, &floor],
+                )
                 .await?;
             tx.execute(
                 &tx.prepare_cached(
@@ -633,12 +747,13 @@ impl Store {
             let sql = format!(
                 "UPDATE jobs SET state = 'failed', finish_time = now(), lease_expires_at = NULL,
                     error_message = $2, error_retryable = $3, error_attempt = attempt,
-                    update_time = now(), version = version + 1
-                 WHERE id = $1 RETURNING {JOB_COLUMNS}"
+                    update_time = now(), {}
+                 WHERE id = $1 RETURNING {JOB_COLUMNS}",
+                settled_sql(4)
             );
             tx.query(
                 &tx.prepare_cached(&sql).await?,
-                &[&id, &message, &retryable],
+                &[&id, &message, &retryable, &percent, &progress, &floor],
             )
             .await?
         };
@@ -658,16 +773,22 @@ impl Store {
     /// job is CANCELLED. Without a pending request, the stop counts as a retryable
     /// failure of the attempt.
     pub(crate) async fn confirm_cancel(&self, id: Uuid, attempt: i32) -> Result<Job> {
+        let settled = self.live.settle(id, Some(attempt));
+        let (percent, progress, floor) = settled.params();
         let client = self.pool.get().await?;
         let sql = format!(
             "UPDATE jobs SET state = 'cancelled', finish_time = now(), lease_expires_at = NULL,
                 error_message = 'cancelled by request', error_retryable = false,
-                error_attempt = attempt, update_time = now(), version = version + 1
+                error_attempt = attempt, update_time = now(), {}
              WHERE id = $1 AND attempt = $2 AND state = 'running' AND cancel_requested
-             RETURNING {JOB_COLUMNS}"
+             RETURNING {JOB_COLUMNS}",
+            settled_sql(3)
         );
         let rows = client
-            .query(&client.prepare_cached(&sql).await?, &[&id, &attempt])
+            .query(
+                &client.prepare_cached(&sql).await?,
+                &[&id, &attempt, &percent, &progress, &floor],
+            )
             .await?;
         drop(client);
         match one(&rows)? {
@@ -677,8 +798,14 @@ impl Store {
                 Ok(job)
             }
             None => {
-                self.fail(id, attempt, "the worker stopped the attempt", true)
-                    .await
+                self.fail_settled(
+                    id,
+                    attempt,
+                    "the worker stopped the attempt",
+                    true,
+                    &settled,
+                )
+                .await
             }
         }
     }
@@ -768,6 +895,29 @@ impl Store {
             },
             Some(job) => fence_error(&job, attempt, expected),
         })
+    }
+}
+
+/// The assignments a write of a job taken out of [`Live`] adds, its parameters
+/// numbered from `first`: the progress watchers saw, and a version past theirs.
+fn settled_sql(first: usize) -> String {
+    format!(
+        "progress_percent = coalesce(${first}::integer, progress_percent),
+         progress_message = coalesce(${}::text, progress_message),
+         version = greatest(version + 1, ${}::bigint)",
+        first + 1,
+        first + 2
+    )
+}
+
+impl Settled {
+    /// The parameters of [`settled_sql`].
+    fn params(&self) -> (Option<i32>, Option<&str>, i64) {
+        (
+            self.progress.as_ref().map(|p| p.0),
+            self.progress.as_ref().map(|p| p.1.as_str()),
+            self.floor,
+        )
     }
 }
 

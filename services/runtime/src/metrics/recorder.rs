@@ -104,6 +104,10 @@ fn describe() {
         "jobmesh_stale_reports_total",
         "reports or leases refused because their attempt is no longer current, by kind"
     );
+    describe_counter!(
+        "jobmesh_progress_reports_total",
+        "progress reports, by path: coalesced (sent to watchers at once, the newest per job written each interval) or direct (written before the answer)"
+    );
     describe_histogram!(
         "jobmesh_job_queue_wait_seconds",
         Unit::Seconds,
