@@ -27,6 +27,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // built from a `Channel` with `new`.
     tonic_prost_build::configure()
         .build_transport(false)
+        // Smaller per-call buffers than tonic's default (src/codec.rs).
+        .codec_path("crate::codec::SmallBuffers")
         .file_descriptor_set_path(out_dir.join("jobmesh_descriptor.bin"))
         .compile_with_config(config, &protos, &includes)?;
     println!("cargo:rerun-if-changed=jobmesh");

@@ -22,6 +22,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 
 use crate::bench::{BenchArgs, median, percentile, round_trip};
+use crate::footprint::resident_kib;
 
 /// Every abuse, in the order they run.
 pub(crate) const ABUSES: [&str; 7] = [
@@ -236,12 +237,6 @@ async fn measure(
         rss_peak_mib: rss.load(Ordering::Relaxed) as f64 / 1024.0,
         abuser: achieved.load(Ordering::Relaxed),
     })
-}
-
-fn resident_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Health checks every 50 ms until `stop`: (checks, not SERVING or failed,

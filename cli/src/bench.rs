@@ -64,9 +64,19 @@ pub(crate) struct BenchArgs {
     /// Seconds each abuse phase is measured.
     #[arg(long, default_value_t = 10)]
     pub(crate) abuse_seconds: u64,
-    /// Sample the resident memory of this process (the mesh) in abuse mode.
+    /// Sample the resident memory of this process (the mesh) in abuse and
+    /// --hold-watches modes.
     #[arg(long)]
     pub(crate) watch_pid: Option<u32>,
+    /// Memory mode: open this many watches (of queued jobs, over as many
+    /// tenants as their shares need; the gateway's --max-streams must allow
+    /// them) and report the resident memory of --watch-pid before and with them.
+    #[arg(long, default_value_t = 0)]
+    hold_watches: usize,
+    /// Latency mode: time this many submits, `GetJob`s and first `ListJobs`
+    /// pages, one at a time (to compare an empty table with a full one).
+    #[arg(long, default_value_t = 0)]
+    latency: usize,
     /// Watch every job of the throughput phase: each submitter follows its job
     /// with `WatchJob` until it ends before submitting the next, and the lag of
     /// every update it sees (from the update's time in job-store to its arrival)
@@ -109,6 +119,12 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if !args.abuse.is_empty() {
         return crate::abuse::run(&args).await;
+    }
+    if args.hold_watches > 0 {
+        return crate::footprint::hold_watches(&args, args.hold_watches).await;
+    }
+    if args.latency > 0 {
+        return crate::footprint::latency(&args, args.latency).await;
     }
     let client = args.addr.jobs()?;
     let run_id = uuid::Uuid::now_v7().simple().to_string();

@@ -68,6 +68,12 @@ pub(crate) struct DevArgs {
     /// Calls the gateway handles at once before refusing more (load shedding).
     #[arg(long, env = "JOBMESH_MAX_INFLIGHT", default_value_t = 512)]
     max_inflight: usize,
+    /// Streams (watches, log follows) the gateway holds open at once, and
+    /// the most one tenant may hold.
+    #[arg(long, env = "JOBMESH_MAX_STREAMS", default_value_t = 4096)]
+    max_streams: usize,
+    #[arg(long, env = "JOBMESH_MAX_STREAMS_PER_TENANT", default_value_t = 1024)]
+    max_streams_per_tenant: usize,
     /// How often the newest progress of each running job is written
     /// (milliseconds); reports in between reach watchers at once. 0 writes
     /// every report before answering it.
@@ -145,6 +151,8 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         jobmesh_gateway::Config::new(job_store_url.clone(), dispatcher_url.clone());
     gateway_config.auth = auth_config;
     gateway_config.max_inflight = args.max_inflight;
+    gateway_config.max_streams = args.max_streams;
+    gateway_config.max_streams_per_tenant = args.max_streams_per_tenant;
     gateway_config.ui_trace_url = args.ui_trace_url.clone();
     // One endpoint for the whole process: the recorder is shared by its services.
     match TcpListener::bind(&args.metrics_listen).await {

@@ -5,6 +5,7 @@ mod abuse;
 mod bench;
 mod client;
 mod dev;
+mod footprint;
 mod logs;
 mod output;
 mod token;

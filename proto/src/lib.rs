@@ -2,6 +2,7 @@
 //! services (`jobmesh.internal.v1`), the encoded descriptor set, and conversions
 //! between `google.protobuf.Struct` and JSON.
 
+pub mod codec;
 pub mod json;
 
 /// Generated code, one module per proto package (the nesting mirrors the package

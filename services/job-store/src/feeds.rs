@@ -32,6 +32,25 @@ pub(crate) const MAX_PENDING_BYTES: usize = 4 * 1024 * 1024;
 /// memory is cleared past it.
 const MAX_REMEMBERED: usize = 100_000;
 
+/// Messages a stream's sender may have waiting for its reader.
+const STREAM_BUFFER: usize = 64;
+
+/// The sending end of a server stream. Its messages are boxed: tokio allocates
+/// a channel's slots 32 at a time, and 32 `Job` snapshots inline are ~16 KiB,
+/// held for as long as the stream is open.
+pub(crate) type Sink<T> = mpsc::Sender<Result<Box<T>, Status>>;
+/// The receiving end, as tonic sends it.
+pub(crate) type Outgoing<T> =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
+
+/// A server stream's two ends.
+pub(crate) fn stream<T: Send + 'static>() -> (Sink<T>, Outgoing<T>) {
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    let rx = tokio_stream::wrappers::ReceiverStream::new(rx)
+        .map(|m: Result<Box<T>, Status>| m.map(|boxed| *boxed));
+    (tx, Box::pin(rx))
+}
+
 fn unavailable() -> Status {
     Status::unavailable("job-store is shutting down; open the stream again")
 }
@@ -65,7 +84,7 @@ pub(crate) async fn read_logs(
     store: Store,
     logs: Logs,
     request: LogRead,
-    tx: mpsc::Sender<Result<pb::ReadJobLogsResponse, Status>>,
+    tx: Sink<pb::ReadJobLogsResponse>,
     shutdown: CancellationToken,
 ) {
     let LogRead {
@@ -122,7 +141,7 @@ pub(crate) async fn read_logs(
                     entry.dropped = std::mem::take(&mut dropped);
                     let message = pb::ReadJobLogsResponse { entry: Some(entry) };
                     tokio::select! {
-                        sent = tx.send(Ok(message)) => if sent.is_err() { return },
+                        sent = tx.send(Ok(Box::new(message))) => if sent.is_err() { return },
                         _ = shutdown.cancelled() => {
                             let _ = tx.try_send(Err(unavailable()));
                             return;
@@ -177,7 +196,7 @@ struct Pending {
 pub(crate) async fn watch_jobs(
     filter: JobFilter,
     mut subscriber: async_nats::Subscriber,
-    tx: mpsc::Sender<Result<pb::WatchJobsResponse, Status>>,
+    tx: Sink<pb::WatchJobsResponse>,
     shutdown: CancellationToken,
 ) {
     let mut pending: HashMap<String, Pending> = HashMap::new();
@@ -209,11 +228,11 @@ pub(crate) async fn watch_jobs(
                     }
                     sent.insert(id, p.job.version);
                 }
-                permit.send(Ok(pb::WatchJobsResponse {
+                permit.send(Ok(Box::new(pb::WatchJobsResponse {
                     job: Some(p.job),
                     skipped_changes: skipped,
                     dropped_changes: std::mem::take(&mut dropped),
-                }));
+                })));
             }
             _ = tx.closed(), if order.is_empty() => break,
             message = subscriber.next() => {

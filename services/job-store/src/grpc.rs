@@ -1,17 +1,14 @@
 //! `jobmesh.internal.v1.JobStoreService`: each RPC as a domain call, its request
 //! and answer converted at the edge ([`crate::convert`]).
 
-use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
-use futures::{Stream, StreamExt as _};
+use futures::StreamExt as _;
 use jobmesh_proto::internal::job_store_service_server::JobStoreService;
 use jobmesh_proto::internal::{self as pb, JobAttempt};
 use jobmesh_proto::json::struct_to_json;
 use jobmesh_proto::v1;
 use prost::Message as _;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -22,10 +19,6 @@ use crate::feeds;
 use crate::logs::{self, Logs, MAX_APPEND_BYTES, MAX_APPEND_LINES, MAX_LINE_CHARS};
 use crate::model::{Job, NewJob};
 use crate::store::{ListFilter, Store};
-
-/// Messages buffered per watcher before the watcher is considered slow (it then
-/// skips to the latest state rather than holding memory).
-const WATCH_BUFFER: usize = 64;
 
 pub(crate) struct JobStoreGrpc {
     pub(crate) writes: crate::batch::Writes,
@@ -68,8 +61,6 @@ fn json_without_nul(value: serde_json::Value) -> serde_json::Value {
 fn job(job: &Job) -> Option<v1::Job> {
     Some(v1::Job::from(job))
 }
-
-type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchJobResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl JobStoreService for JobStoreGrpc {
@@ -213,7 +204,7 @@ impl JobStoreService for JobStoreGrpc {
         }))
     }
 
-    type WatchJobStream = WatchStream;
+    type WatchJobStream = feeds::Outgoing<pb::WatchJobResponse>;
 
     async fn watch_job(
         &self,
@@ -231,7 +222,7 @@ impl JobStoreService for JobStoreGrpc {
             )
             .await?;
         let snapshot = self.store.get(&r.tenant, id).await?;
-        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let (tx, rx) = feeds::stream();
         let store = self.store.clone();
         let shutdown = self.shutdown.clone();
         let registration = self.resync.register(id, snapshot.version);
@@ -244,7 +235,7 @@ impl JobStoreService for JobStoreGrpc {
             registration,
             shutdown,
         ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(rx))
     }
 
     async fn lease_job(
@@ -451,8 +442,7 @@ impl JobStoreService for JobStoreGrpc {
         }))
     }
 
-    type ReadJobLogsStream =
-        Pin<Box<dyn Stream<Item = Result<pb::ReadJobLogsResponse, Status>> + Send>>;
+    type ReadJobLogsStream = feeds::Outgoing<pb::ReadJobLogsResponse>;
 
     async fn read_job_logs(
         &self,
@@ -488,7 +478,7 @@ impl JobStoreService for JobStoreGrpc {
         };
         // The tenant wall: another tenant's job is NOT_FOUND, like a missing one.
         self.store.get(&r.tenant, id).await?;
-        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let (tx, rx) = feeds::stream();
         let read = feeds::LogRead {
             tenant: r.tenant,
             job_id: id,
@@ -503,11 +493,10 @@ impl JobStoreService for JobStoreGrpc {
             tx,
             self.shutdown.clone(),
         ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(rx))
     }
 
-    type WatchJobsStream =
-        Pin<Box<dyn Stream<Item = Result<pb::WatchJobsResponse, Status>> + Send>>;
+    type WatchJobsStream = feeds::Outgoing<pb::WatchJobsResponse>;
 
     async fn watch_jobs(
         &self,
@@ -525,14 +514,14 @@ impl JobStoreService for JobStoreGrpc {
         let subscriber = self
             .subscribe(self.store_events().nats().tenant_events_wildcard(&r.tenant))
             .await?;
-        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let (tx, rx) = feeds::stream();
         tokio::spawn(feeds::watch_jobs(
             filter,
             subscriber,
             tx,
             self.shutdown.clone(),
         ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(rx))
     }
 }
 
@@ -573,13 +562,13 @@ async fn watch(
     tenant: String,
     snapshot: Job,
     mut subscriber: async_nats::Subscriber,
-    tx: mpsc::Sender<Result<pb::WatchJobResponse, Status>>,
+    tx: feeds::Sink<pb::WatchJobResponse>,
     resync: crate::resync::Registration,
     shutdown: CancellationToken,
 ) {
     let id = snapshot.id;
     let mut last = snapshot.version;
-    let send = |job: v1::Job| pb::WatchJobResponse { job: Some(job) };
+    let send = |job: v1::Job| Box::new(pb::WatchJobResponse { job: Some(job) });
     let terminal = snapshot.state.is_terminal();
     if tx.send(Ok(send(v1::Job::from(&snapshot)))).await.is_err() || terminal {
         return;
