@@ -82,8 +82,14 @@ export async function render(main, _params, signal) {
     if (!row || row.dataset.state !== job.state) recount();
     if (row) {
       const fresh = jobRow(job);
+      // A keyboard user on this row keeps their place when it changes.
+      const focused = row.contains(document.activeElement) ? document.activeElement : null;
       row.replaceWith(fresh);
       shown.set(job.id, fresh);
+      if (focused) {
+        const same = [...fresh.querySelectorAll("a")].find((a) => a.getAttribute("href") === focused.getAttribute("href"));
+        same?.focus();
+      }
     } else if (!wanted.page) {
       const fresh = jobRow(job);
       shown.set(job.id, fresh);

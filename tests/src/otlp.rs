@@ -31,6 +31,9 @@ pub struct Received {
     pub kind: &'static str,
     pub attributes: HashMap<String, String>,
     pub events: Vec<String>,
+    /// Start and end, nanoseconds since the Unix epoch (the exporter's clock).
+    pub start_unix_nanos: u64,
+    pub end_unix_nanos: u64,
 }
 
 /// The spans received so far; clones share them.
@@ -95,6 +98,8 @@ impl TraceService for Collector {
                     kind: kind(span.kind),
                     attributes: attributes(&span.attributes),
                     events: span.events.iter().map(|e| e.name.clone()).collect(),
+                    start_unix_nanos: span.start_time_unix_nano,
+                    end_unix_nanos: span.end_time_unix_nano,
                 });
             }
         }

@@ -295,12 +295,14 @@ await scenario("the pages answer with a Content-Security-Policy that forbids inl
 
 await scenario("on a phone-sized screen nothing spills sideways and a job opens from the keyboard", async (page) => {
   await page.setViewportSize({ width: 390, height: 844 });
-  const job = await submit({ task: "demo.echo", args: { long: "x".repeat(300) } });
+  const job = await submit({ task: "demo.sleep", args: { seconds: 1.5, steps: 3, long: "x".repeat(300) } });
   await page.goto(`${GATEWAY}/ui/`);
   await page.waitForSelector(`tr[data-id="${job.id}"]`);
   const spill = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   assert(spill <= 0, `the page is ${spill} px wider than the screen`);
+  // Focused while the job runs; its row changes under the focus before Enter.
   await page.focus(`tr[data-id="${job.id}"] td.id a`);
+  await page.waitForSelector(`tr[data-id="${job.id}"][data-state="JOB_STATE_SUCCEEDED"]`);
   await page.keyboard.press("Enter");
   await page.waitForURL(`**/ui/jobs/${job.id}`);
   await page.waitForSelector("pre.json");

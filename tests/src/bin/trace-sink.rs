@@ -2,7 +2,8 @@
 //! spans over OTLP/gRPC and shows each trace as plain text at
 //! `GET /trace/<trace id>` (the path the dashboard's `--ui-trace-url` links to),
 //! one span a line: `<service> <span name>`. A trace it has not received answers
-//! 404.
+//! 404. `GET /trace/<trace id>?times` adds each span's start (ms after the
+//! trace's first) and duration, in order of start: where a job's time went.
 //!
 //!   trace-sink [OTLP address (127.0.0.1:4317)] [HTTP address (127.0.0.1:16686)]
 
@@ -43,6 +44,27 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A trace's spans in order of start: `+<start ms> <duration ms> <service> <name>`.
+fn timeline(id: &str, mut spans: Vec<jobmesh_tests::otlp::Received>) -> String {
+    spans.sort_by_key(|s| s.start_unix_nanos);
+    let first = spans.first().map_or(0, |s| s.start_unix_nanos);
+    let ms = |nanos: u64| nanos as f64 / 1e6;
+    let mut body = format!(
+        "trace {id}: {} spans (start ms, duration ms)\n",
+        spans.len()
+    );
+    for span in spans {
+        body.push_str(&format!(
+            "+{:8.3} {:8.3}  {} {}\n",
+            ms(span.start_unix_nanos.saturating_sub(first)),
+            ms(span.end_unix_nanos.saturating_sub(span.start_unix_nanos)),
+            span.service,
+            span.name
+        ));
+    }
+    body
+}
+
 /// Answers one HTTP/1.1 request and closes the connection.
 async fn answer(mut stream: TcpStream, collector: Collector) {
     let mut head = Vec::new();
@@ -55,6 +77,10 @@ async fn answer(mut stream: TcpStream, collector: Collector) {
     }
     let head = String::from_utf8_lossy(&head);
     let path = head.split_whitespace().nth(1).unwrap_or_default();
+    let (path, times) = match path.strip_suffix("?times") {
+        Some(path) => (path, true),
+        None => (path, false),
+    };
     let (status, body) = match path.strip_prefix("/trace/") {
         Some(id) => {
             let spans = collector.trace(id);
@@ -63,6 +89,8 @@ async fn answer(mut stream: TcpStream, collector: Collector) {
                     "404 Not Found",
                     format!("no spans of trace {id} received\n"),
                 )
+            } else if times {
+                ("200 OK", timeline(id, spans))
             } else {
                 let mut body = format!("trace {id}: {} spans\n", spans.len());
                 for span in spans {
