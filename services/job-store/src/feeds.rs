@@ -220,14 +220,12 @@ pub(crate) async fn watch_jobs(
                     Some(last) => (p.job.version - last - 1).max(0),
                     None => p.replaced,
                 };
-                if p.job.state().is_terminal() {
-                    sent.remove(&id);
-                } else {
-                    if sent.len() >= MAX_REMEMBERED {
-                        sent.clear();
-                    }
-                    sent.insert(id, p.job.version);
+                // Ended jobs are remembered too: a late event of an earlier
+                // change must not look new once the end was sent.
+                if sent.len() >= MAX_REMEMBERED {
+                    sent.clear();
                 }
+                sent.insert(id, p.job.version);
                 permit.send(Ok(Box::new(pb::WatchJobsResponse {
                     job: Some(p.job),
                     skipped_changes: skipped,

@@ -546,6 +546,15 @@ impl Store {
     /// leases). One statement for all of them, each fenced on its own; the ids
     /// are distinct. Each write sets at least its floor as the job's version.
     pub(crate) async fn progress_many(&self, writes: Vec<ProgressWrite>) -> Vec<Outcome<Job>> {
+        let jobs = self.write_progress_rows(writes).await;
+        self.published(&jobs).await;
+        jobs
+    }
+
+    /// [`Store::progress_many`] without the events: for reports watchers got
+    /// live already (an event now could arrive after a later change's and,
+    /// once that change ended the job, look new to a feed).
+    async fn write_progress_rows(&self, writes: Vec<ProgressWrite>) -> Vec<Outcome<Job>> {
         let keys: Vec<(Uuid, i32)> = writes
             .iter()
             .map(|w| (w.report.id, w.report.attempt))
@@ -579,7 +588,6 @@ impl Store {
         for job in jobs.iter().flatten() {
             self.live.confirmed(job, job.lease.unwrap_or_default());
         }
-        self.published(&jobs).await;
         jobs
     }
 
@@ -605,7 +613,8 @@ impl Store {
                     floor: *version,
                 })
                 .collect();
-            for (outcome, (report, _)) in self.progress_many(writes).await.into_iter().zip(chunk) {
+            let written = self.write_progress_rows(writes).await;
+            for (outcome, (report, _)) in written.into_iter().zip(chunk) {
                 match outcome {
                     Ok(_) => {}
                     Err(status)
