@@ -180,6 +180,8 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     worker_config.shutdown_grace_ms = 5_000;
     worker_config.token = worker_token.as_deref().and_then(|t| t.parse().ok());
     worker_config.exec = args.exec.clone();
+    // The dev mesh is a playground: its worker runs the demo tasks too.
+    worker_config.demo_tasks = true;
     mesh.add_worker(worker_config, None);
 
     let auth_lines = match &user_token {

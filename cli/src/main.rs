@@ -166,6 +166,8 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match dispatch(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // The reader went away (`jobmesh list | head`): nothing more to say.
+        Err(error) if broken_pipe(&error) => std::process::ExitCode::SUCCESS,
         Err(error) if error.is::<watch::Interrupted>() => {
             eprintln!("{error}");
             // What a shell reports for a command stopped by SIGINT.
@@ -177,6 +179,18 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `error` is a write to a pipe whose reader has closed it.
+fn broken_pipe(error: &anyhow::Error) -> bool {
+    let pipe = Some(std::io::ErrorKind::BrokenPipe);
+    error.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().map(|e| e.kind()) == pipe
+            || cause
+                .downcast_ref::<serde_json::Error>()
+                .and_then(serde_json::Error::io_error_kind)
+                == pipe
+    })
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -215,8 +229,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             .await?;
             Ok(())
         }
-        Command::Worker(args) => {
+        Command::Worker(mut args) => {
             let _telemetry = jobmesh_runtime::telemetry::init(services::WORKER);
+            // Like the client commands: without a credential, a worker token
+            // minted with the dev key of `jobmesh dev`, when that key is here.
+            if args.config.token.is_none()
+                && args.config.token_file.is_none()
+                && let Some(token) = token::dev_worker_token()
+            {
+                tracing::info!(key = %jobmesh_auth::dev_key_path().display(), "no worker token given: using one minted with the dev key");
+                args.config.token = token.parse().ok();
+            }
             jobmesh_worker::run(args.config, jobmesh_runtime::shutdown::on_signal()).await?;
             Ok(())
         }

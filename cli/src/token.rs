@@ -98,6 +98,20 @@ pub(crate) fn dev_token(tenant: &str, scopes: &[&str]) -> Option<String> {
         .ok()
 }
 
+/// A worker token (no tenant, the worker scope) signed with the dev key, valid
+/// for a day, when the dev key exists on this machine.
+pub(crate) fn dev_worker_token() -> Option<String> {
+    let minter = Minter::hs256_file(&auth::dev_key_path()).ok()?;
+    minter
+        .mint(
+            "jobmesh-worker",
+            None,
+            &[scope::WORKER],
+            Duration::from_secs(24 * 3600),
+        )
+        .ok()
+}
+
 #[derive(clap::Args, Debug)]
 pub(crate) struct KeygenArgs {
     /// Where the HS256 key goes (kept if it exists; created with mode 0600).

@@ -268,3 +268,46 @@ async fn logs_prints_what_the_job_printed() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `jobmesh list | head`: the reader closes the pipe early, and `jobmesh` ends
+/// quietly (exit 0, nothing on stderr) instead of `error: Broken pipe`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_into_a_closed_pipe_ends_quietly() -> anyhow::Result<()> {
+    let mesh = mesh().await?;
+    // Queued jobs of a task no worker offers: a page of them is ~200 KB of JSON,
+    // more than a pipe holds.
+    for _ in 0..300 {
+        submit(
+            &mesh,
+            "nobody.runs.this",
+            serde_json::json!({"pad": "x".repeat(200)}),
+        )
+        .await?;
+    }
+    let mut command = jobmesh(&mesh, &["list", "--page-size", "300"]);
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // Read a little, as `head` does, then close the pipe.
+    let mut stdout = child.stdout.take().context("stdout")?;
+    let mut first = [0u8; 64];
+    stdout.read_exact(&mut first)?;
+    drop(stdout);
+    let started = Instant::now();
+    let output = loop {
+        if let Some(_status) = child.try_wait()? {
+            break child.wait_with_output()?;
+        }
+        anyhow::ensure!(started.elapsed() < PATIENCE, "jobmesh list did not end");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(output.status.success(), "{:?}", output.status);
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "",
+        "nothing to say"
+    );
+    mesh.stop().await;
+    Ok(())
+}

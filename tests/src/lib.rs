@@ -87,6 +87,40 @@ pub struct Mesh {
     /// HS256 key that gateway and dispatcher verify tokens with.
     pub key_file: PathBuf,
     minter: Arc<Minter>,
+    leftovers: Leftovers,
+}
+
+/// What a mesh leaves behind (its database, stream and key file), removed when
+/// the mesh goes: by [`Mesh::stop`], or when a failing test unwinds past it.
+struct Leftovers {
+    database: String,
+    nats: NatsConfig,
+    key_file: PathBuf,
+    removed: bool,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
+        // No runtime can be awaited in a drop: a thread of its own does it.
+        let (database, nats, key_file) = (
+            self.database.clone(),
+            self.nats.clone(),
+            self.key_file.clone(),
+        );
+        let _ = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                runtime.block_on(cleanup(&database, &nats));
+            }
+            let _ = std::fs::remove_file(&key_file);
+        })
+        .join();
+    }
 }
 
 /// Tenant of the tokens [`Mesh::jobs`] and [`Mesh::tasks`] send.
@@ -142,6 +176,12 @@ impl Mesh {
             },
             listeners,
         )?;
+        let leftovers = Leftovers {
+            database: database.clone(),
+            nats: nats.clone(),
+            key_file: key_file.clone(),
+            removed: false,
+        };
         let mut mesh = Mesh {
             gateway_url: urls.gateway,
             job_store_url: urls.store,
@@ -151,6 +191,7 @@ impl Mesh {
             inner,
             key_file,
             minter,
+            leftovers,
         };
         for spec in options.workers {
             mesh.add_worker(spec);
@@ -284,6 +325,7 @@ impl Mesh {
             database,
             nats,
             key_file,
+            mut leftovers,
             ..
         } = self;
         if let Err(error) = inner.stop().await {
@@ -291,6 +333,7 @@ impl Mesh {
         }
         cleanup(&database, &nats).await;
         let _ = std::fs::remove_file(&key_file);
+        leftovers.removed = true;
     }
 }
 

@@ -49,6 +49,10 @@ pub struct Config {
         value_name = "TASK=COMMAND"
     )]
     pub exec: Vec<String>,
+    /// Offer the built-in demo tasks (`demo.*`) beside the `--exec` commands; a
+    /// worker without `--exec` always offers them.
+    #[arg(long, env = "JOBMESH_WORKER_DEMO_TASKS")]
+    pub demo_tasks: bool,
     /// A label the worker shows in ListWorkers, `KEY=VALUE` (repeatable; in the
     /// environment, separated by `,`), e.g. `gpu=a100`.
     #[arg(
@@ -77,6 +81,7 @@ impl Config {
             token_file: None,
             metrics: jobmesh_runtime::metrics::MetricsConfig::default(),
             exec: Vec::new(),
+            demo_tasks: false,
             labels: Vec::new(),
         }
     }

@@ -44,9 +44,15 @@ const CANCEL_GRACE: Duration = Duration::from_secs(5);
 /// session (so the reports it sent last are read before the call goes).
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
-/// Runs a worker with the built-in tasks and the `--exec` commands until `shutdown`.
+/// Runs a worker with the `--exec` commands (and the built-in demo tasks when
+/// it has none, or with `--demo-tasks`) until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
-    let mut handlers = Handlers::builtin();
+    // An --exec worker offers what it was given; the demo tasks only when asked.
+    let mut handlers = if config.exec.is_empty() || config.demo_tasks {
+        Handlers::builtin()
+    } else {
+        Handlers::new()
+    };
     for spec in &config.exec {
         let (task, command) = exec::parse(spec).map_err(RunError::Config)?;
         exec::register(&mut handlers, &task, &command);
@@ -122,6 +128,18 @@ pub async fn run_with(
     Ok(())
 }
 
+/// Why the dispatcher refused the session, with what to do when the worker
+/// came without a credential.
+fn refusal(status: &tonic::Status, has_token: bool) -> String {
+    if status.code() == tonic::Code::Unauthenticated && !has_token {
+        format!(
+            "{status}: this worker has no credential; give it a token with the worker scope (--token, JOBMESH_WORKER_TOKEN or --token-file; `jobmesh token --scope worker` mints one with the dev key of `jobmesh dev`)"
+        )
+    } else {
+        status.to_string()
+    }
+}
+
 struct Failure {
     welcomed: bool,
     message: String,
@@ -171,7 +189,7 @@ async fn session(
     let mut inbound = client
         .connect(outbound)
         .await
-        .map_err(|s| fail(false, s.to_string()))?
+        .map_err(|s| fail(false, refusal(&s, token.is_some())))?
         .into_inner();
     let (heartbeat, log_window) = match inbound.message().await {
         Ok(Some(message)) => match message.message {
@@ -190,7 +208,7 @@ async fn session(
             }
         },
         Ok(None) => return Err(fail(false, "the dispatcher closed the stream".to_owned())),
-        Err(status) => return Err(fail(false, status.to_string())),
+        Err(status) => return Err(fail(false, refusal(&status, token.is_some()))),
     };
     tracing::info!(worker_id, tasks = ?tasks, slots = config.slots, "connected to dispatcher");
     if let Some(health) = health {
