@@ -168,6 +168,7 @@ pub(crate) async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         .into_inner()
         .job
         .unwrap_or_default();
+    warn_if_no_worker(&args.addr, &job.task).await;
     if args.watch {
         return crate::watch::watch(WatchArgs {
             job_id: job.id,
@@ -180,6 +181,36 @@ pub(crate) async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         .await;
     }
     print(&output::job(&job))
+}
+
+/// Says so on stderr when no connected worker offers `task` (a typo, or a
+/// worker not started yet): the job waits QUEUED without a word otherwise.
+/// Silent when the tasks cannot be read.
+async fn warn_if_no_worker(addr: &GatewayAddr, task: &str) {
+    let Ok(channel) = addr.channel() else { return };
+    let Ok(response) = TaskServiceClient::new(channel)
+        .list_tasks(v1::ListTasksRequest {})
+        .await
+    else {
+        return;
+    };
+    let tasks = response.into_inner().tasks;
+    if tasks.iter().any(|t| t.name == task && t.workers > 0) {
+        return;
+    }
+    let offered: Vec<&str> = tasks
+        .iter()
+        .filter(|t| t.workers > 0)
+        .map(|t| t.name.as_str())
+        .collect();
+    let offered = if offered.is_empty() {
+        "none".to_owned()
+    } else {
+        offered.join(", ")
+    };
+    eprintln!(
+        "warning: no connected worker offers task {task:?}; the job waits QUEUED until one does (tasks offered now: {offered})"
+    );
 }
 
 pub(crate) async fn get(args: JobArgs) -> anyhow::Result<()> {

@@ -311,3 +311,27 @@ async fn list_into_a_closed_pipe_ends_quietly() -> anyhow::Result<()> {
     mesh.stop().await;
     Ok(())
 }
+
+/// A mistyped task does not sit QUEUED without a word: `jobmesh submit` warns
+/// when no connected worker offers it, and names the tasks that are offered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_warns_when_no_worker_offers_the_task() -> anyhow::Result<()> {
+    let mesh = mesh().await?;
+    let typo = piped(jobmesh(&mesh, &["submit", "demo.slep"])).await?;
+    assert!(typo.status.success(), "the job is accepted: {typo:?}");
+    let said = String::from_utf8_lossy(&typo.stderr);
+    assert!(
+        said.contains("no connected worker offers task \"demo.slep\"")
+            && said.contains("demo.sleep"),
+        "warned, with the tasks offered: {said}"
+    );
+    let fine = piped(jobmesh(&mesh, &["submit", "demo.echo"])).await?;
+    assert!(fine.status.success(), "{fine:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&fine.stderr),
+        "",
+        "no warning for an offered task"
+    );
+    mesh.stop().await;
+    Ok(())
+}
